@@ -1,0 +1,67 @@
+"""Training throughput (tokens/s, MFU) of a config's real train step, steady state, compile excluded.
+
+  python -m benchmarks.train_throughput --config=configs/shakespeare_char_cpu.py [--config.x=y ...] [--steps=200]
+
+Uses the same Trainer (data, sharded jitted scan of steps, donation) as `gpt_jax.main`; prints one
+JSON line. Set XLA_FLAGS=--xla_force_host_platform_device_count=N before running to treat CPU cores
+as N data-parallel devices.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+
+
+def measure(config, steps: int, rounds: int = 3) -> dict:
+    from gpt_jax import flops
+    from gpt_jax.trainer import Trainer
+    from gpt_jax.train import create_train_state
+
+    with tempfile.TemporaryDirectory() as workdir:
+        tr = Trainer(config, workdir)
+        cfg, t = tr.model_cfg, config.train
+        state = create_train_state(cfg, tr.tx, config.seed, tr.shardings)
+        k = min(t.steps_per_call, steps)
+        t0 = time.perf_counter()
+        state, m = tr.run_steps(state, 0, k)  # compile + first call
+        jax.block_until_ready(m)
+        compile_s = time.perf_counter() - t0
+        per_round = max(1, steps // k // rounds)
+        times = []
+        step = k
+        for _ in range(rounds):
+            batches = [tr.batches(step + i * k, k) for i in range(per_round)]  # host work outside the timer
+            t0 = time.perf_counter()
+            for b in batches:
+                with tr.rules():
+                    state, m = tr.train_fn(state, b)
+            jax.block_until_ready(m)
+            times.append((time.perf_counter() - t0) / (per_round * k))
+            step += per_round * k
+    sec = statistics.median(times)
+    tokens = t.batch_size * cfg.block_size
+    peak = (t.peak_flops or flops.device_peak_flops(cfg.dtype)) * jax.device_count()
+    tps = tokens / sec
+    return {"ms_per_step": sec * 1e3, "tokens_per_sec": tps, "mfu": tps * flops.train_flops_per_token(cfg, cfg.block_size) / peak,
+            "peak_flops": peak, "gflops_per_sec": tps * flops.train_flops_per_token(cfg, cfg.block_size) / 1e9,
+            "compile_s": compile_s, "devices": jax.device_count(), "dtype": cfg.dtype,
+            "steps_per_call": k, "timed_steps": len(times) * per_round * k}
+
+
+def main(argv):
+    from gpt_jax import run_config
+    config, flags = run_config.parse_args(argv)
+    steps = int(flags.pop("steps", 60))
+    config.sample.num_tokens = 0
+    run_config.apply_cpu_devices(config)
+    result = measure(config, steps)
+    print(json.dumps({"config": [a for a in argv if a.startswith("--config")], **result}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,2 @@
+"""gpt_jax: GPT-style language models in JAX/Flax."""
+__version__ = "0.1.0"

@@ -1,0 +1,234 @@
+"""Checkpointing: a thin wrapper over Orbax's CheckpointManager, plus a SIGTERM flag.
+
+Layout: ``<workdir>/checkpoints/<step>/{state,meta,commit_success.txt,...}``.
+
+Orbax 0.12.8 facts this module relies on (checked against the installed source):
+
+* Atomicity (local filesystems): a step is written to ``<step>.orbax-checkpoint-tmp``,
+  ``commit_success.txt`` is written inside it, and the directory is then *renamed* to
+  ``<step>``. A killed process therefore leaves at most a ``*.orbax-checkpoint-tmp``
+  directory; previous steps are never touched. (On GCS Orbax writes in place and the
+  commit file alone marks completion.) We treat a step as complete only if its final
+  directory exists AND holds ``commit_success.txt`` -- that covers both modes.
+* Async: ``save`` blocks only for the device->host copy (so donating the state buffers to
+  the next train step right after is safe); serialisation, commit and old-step deletion
+  run on a background thread. ``CheckpointManager.latest_step()`` already counts an
+  in-flight save, which is why :meth:`Checkpointer.latest_step` reads the disk instead.
+* New-style typed PRNG keys (``jax.random.key``) and optax NamedTuple states save and
+  restore natively with ``StandardSave``/``StandardRestore`` -- no ``key_data`` wrapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+PyTree = Any
+
+# Written by Orbax into a step directory as the last act of a save (both atomicity modes).
+_COMMIT_FILE = "commit_success.txt"
+
+
+def checkpoint_dir(workdir: str | os.PathLike[str]) -> Path:
+    """The conventional checkpoint directory of a run: ``<workdir>/checkpoints``."""
+    return Path(workdir) / "checkpoints"
+
+
+def abstract_like(tree: PyTree) -> PyTree:
+    """``jax.ShapeDtypeStruct`` tree (keeping each array's sharding) for :meth:`Checkpointer.restore`."""
+
+    def one(x: Any) -> Any:
+        if hasattr(x, "shape") and hasattr(x, "dtype"):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+        return x  # non-array leaf (e.g. a python scalar): Orbax restores it as saved
+
+    return jax.tree.map(one, tree)
+
+
+class Checkpointer:
+    """Periodic, atomic, optionally asynchronous checkpoints of a pytree + JSON metadata.
+
+    ``directory`` is the directory holding the step directories (use
+    ``checkpoint_dir(workdir)``). ``save_every <= 0`` disables periodic saves (only
+    ``force=True`` saves). ``read_only=True`` is for readers (sampling/eval) that share
+    the directory with a live trainer: it never deletes anything.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        save_every: int,
+        keep: int = 3,
+        async_save: bool = True,
+        read_only: bool = False,
+    ) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.directory = Path(directory).absolute()
+        self.save_every = int(save_every)
+        self.read_only = read_only
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            enable_async_checkpointing=async_save,
+            # Leftover ``*.orbax-checkpoint-tmp`` dirs from a killed run are deleted on start
+            # (primary host only). Never for a reader: it would delete a live trainer's
+            # in-flight save.
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
+            create=not read_only,
+        )
+        self._mgr = ocp.CheckpointManager(self.directory, options=options)
+
+    # ------------------------------------------------------------------ saving
+    def maybe_save(self, step: int, state: PyTree, meta: dict[str, Any], *, force: bool = False) -> bool:
+        """Save ``state`` + ``meta`` if ``step`` is on the save interval or ``force``.
+
+        Returns True if a save was started. A step that is already saved (or being saved)
+        is skipped, so a periodic save and a preemption save at the same step don't clash.
+        With ``async_save`` this returns once arrays are copied to host; call :meth:`wait`
+        before relying on the files (e.g. before exiting).
+        """
+        if self.read_only:
+            raise RuntimeError("maybe_save on a read_only Checkpointer")
+        step = int(step)
+        if not force and (self.save_every <= 0 or step % self.save_every != 0):
+            return False
+        if step in self._mgr.all_steps():  # includes in-flight async saves
+            return False
+        # force=True: our interval check above is the only save policy (Orbax's own
+        # should_save would also refuse steps <= its latest one).
+        return bool(
+            self._mgr.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    meta=ocp.args.JsonSave(dict(meta)),
+                ),
+                force=True,
+            )
+        )
+
+    def wait(self) -> None:
+        """Block until every pending async save is committed (and old steps pruned)."""
+        self._mgr.wait_until_finished()
+
+    def close(self) -> None:
+        """Wait for pending saves and release Orbax's resources."""
+        self._mgr.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- reading
+    def steps(self) -> list[int]:
+        """Steps with a complete (committed) checkpoint on disk, ascending."""
+        if not self.directory.is_dir():
+            return []
+        steps = []
+        for p in self.directory.iterdir():
+            if not p.name.isdigit() or not p.is_dir():
+                continue  # tmp dirs (``<step>.orbax-checkpoint-tmp``) and stray files
+            if (p / _COMMIT_FILE).is_file():
+                steps.append(int(p.name))
+            else:
+                log.warning("Ignoring uncommitted checkpoint directory %s", p)
+        return sorted(steps)
+
+    def latest_step(self) -> int | None:
+        """Latest complete checkpoint on disk (never an in-flight or half-written one)."""
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
+        """Restore ``(state, meta)`` from ``step`` (default: latest complete one).
+
+        ``abstract_state`` mirrors the saved tree with ``jax.ShapeDtypeStruct`` leaves
+        carrying the *target* sharding (``abstract_like`` makes one from live arrays);
+        arrays are read straight onto that mesh, whatever mesh they were saved from.
+        """
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"No complete checkpoint in {self.directory}")
+        abstract_state = abstract_like(abstract_state)
+        missing = [
+            jax.tree_util.keystr(path)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state)
+            if isinstance(leaf, jax.ShapeDtypeStruct) and leaf.sharding is None
+        ]
+        if missing:
+            # Orbax would silently fall back to a single device; make the caller choose.
+            raise ValueError(f"abstract_state leaves without a sharding: {missing[:5]}")
+        out = self._mgr.restore(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return out["state"], dict(out["meta"])
+
+
+# ------------------------------------------------------------------ preemption
+class PreemptionFlag:
+    """Set by SIGTERM; the train loop polls it, saves with ``force=True``, waits, exits.
+
+    Single process: :meth:`reached` is just :meth:`is_set`. Multi-process (after
+    ``jax.distributed.initialize``): no Python handler is installed -- it would replace
+    JAX's own SIGTERM notifier -- and :meth:`reached` asks JAX's preemption sync manager,
+    which makes every host agree on the same save step. It must then be called at
+    *every* step on every host.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+        self._prev_handler: Any = None
+        self._signum: int | None = None
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+        return self._set
+
+    def uninstall(self) -> None:
+        """Put back the previous handler (tests; nested runs)."""
+        if self._signum is not None:
+            signal.signal(self._signum, self._prev_handler)
+            self._signum = None
+
+
+def install_sigterm_handler(signum: int = signal.SIGTERM) -> PreemptionFlag:
+    """Install a handler that only flips a flag (no I/O, locks or JAX in signal context).
+
+    Must be called from the main thread. See :class:`PreemptionFlag` for multi-process.
+    """
+    flag = PreemptionFlag()
+    if jax.process_count() > 1:
+        return flag
+
+    def _handler(_signum: int, _frame: object) -> None:
+        flag._set = True  # a plain attribute store: safe at any bytecode boundary
+
+    flag._prev_handler = signal.signal(signum, _handler)
+    flag._signum = signum
+    return flag

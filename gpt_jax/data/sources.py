@@ -1,0 +1,136 @@
+"""Where text comes from: local corpora through our TFDS builder, or TFDS's built-in datasets.
+
+`dataset` names:
+  - a local corpus in `text_builder.CORPORA` (e.g. 'tiny_shakespeare'): read from the manual dir,
+    prepared once to array_record under `data_dir`, no TensorFlow needed;
+  - 'tfds:<name>[/<config>][:<version>]' (e.g. 'tfds:tiny_shakespeare', 'tfds:lm1b'): TFDS's own
+    builders, which need TensorFlow (`pip install "gpt_jax[tf]"`) and usually the internet.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import shutil
+
+import tensorflow_datasets as tfds
+
+from gpt_jax.data import text_builder
+
+MANUAL_DIR_ENV = "GPT_JAX_DATA_DIR"
+TFDS_DIR_ENV = "GPT_JAX_TFDS_DIR"
+TFDS_PREFIX = "tfds:"
+SPLITS = ("train", "validation")
+
+# Repo root = parent of the `gpt_jax` package dir. CI and developer checkouts keep the offline
+# datasets beside it, in <repo>/../shared/data.
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+_DEFAULT_MANUAL_DIR = _REPO_ROOT.parent / "shared" / "data"
+_DEFAULT_TFDS_DIR = pathlib.Path("~/.cache/gpt_jax/tfds")
+
+log = logging.getLogger(__name__)
+
+
+def known_datasets() -> list[str]:
+    return sorted(text_builder.CORPORA)
+
+
+def _check_known(dataset: str) -> text_builder.LocalCorpus:
+    corpus = text_builder.CORPORA.get(dataset)
+    if corpus is None:
+        raise ValueError(
+            f"Unknown dataset {dataset!r}: known local corpora are {', '.join(known_datasets())}; "
+            f"or use '{TFDS_PREFIX}<name>[/<config>][:<version>]' for a TFDS built-in dataset."
+        )
+    return corpus
+
+
+def resolve_manual_dir(
+    manual_dir: str | os.PathLike | None = None, *, dataset: str = "tiny_shakespeare"
+) -> pathlib.Path:
+    """The folder holding the local corpora: `manual_dir`, else $GPT_JAX_DATA_DIR, else
+    <repo>/../shared/data. Raises FileNotFoundError unless it holds `dataset`'s file.
+
+    Only the first one set is tried: a wrong explicit path is an error, not a silent fallback.
+    """
+    corpus = _check_known(dataset)
+    if manual_dir:
+        base, origin = pathlib.Path(manual_dir), "config.data.manual_dir"
+    elif os.environ.get(MANUAL_DIR_ENV):
+        base, origin = pathlib.Path(os.environ[MANUAL_DIR_ENV]), f"${MANUAL_DIR_ENV}"
+    else:
+        base, origin = _DEFAULT_MANUAL_DIR, "default <repo>/../shared/data"
+    base = base.expanduser()
+    path = base / corpus.relative_path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Dataset {dataset!r}: file not found at {path} (data dir {base} from {origin}); "
+            f"set config.data.manual_dir or the env var {MANUAL_DIR_ENV} to the folder "
+            f"that holds {corpus.relative_path}."
+        )
+    return base
+
+
+def resolve_tfds_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """Where prepared TFDS data is cached: `data_dir`, else $GPT_JAX_TFDS_DIR, else
+    ~/.cache/gpt_jax/tfds."""
+    chosen = data_dir or os.environ.get(TFDS_DIR_ENV) or _DEFAULT_TFDS_DIR
+    return pathlib.Path(chosen).expanduser()
+
+
+def load_text_splits(
+    dataset: str,
+    *,
+    manual_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    text_feature: str = "text",
+) -> dict[str, str]:
+    """{'train': text, 'validation': text} for a local corpus or a 'tfds:...' dataset."""
+    if dataset.startswith(TFDS_PREFIX):
+        return _load_tfds_builtin(
+            dataset[len(TFDS_PREFIX) :], resolve_tfds_dir(data_dir), text_feature
+        )
+    return _load_local(dataset, resolve_manual_dir(manual_dir, dataset=dataset), resolve_tfds_dir(data_dir))
+
+
+def _load_local(dataset: str, manual_dir: pathlib.Path, data_dir: pathlib.Path) -> dict[str, str]:
+    builder = text_builder.GptJaxText(config=dataset, data_dir=str(data_dir))
+    # (exists() first: is_prepared() logs a warning about a folder that is simply not there yet.)
+    if builder.data_path.exists() and builder.is_prepared():
+        # The cache is keyed by name/version only; re-prepare if the source file changed.
+        source = manual_dir / text_builder.CORPORA[dataset].relative_path
+        if builder.info.metadata.get("source_md5") == text_builder.file_md5(source):
+            return {split: text_builder.read_split_text(builder, split) for split in SPLITS}
+        log.warning("%s changed since %s was prepared; preparing again.", source, builder.data_path)
+        # Delete ourselves: TFDS's overwrite modes refuse a builder whose info came from disk.
+        shutil.rmtree(builder.data_path)
+        builder = text_builder.GptJaxText(config=dataset, data_dir=str(data_dir))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
+        file_format="array_record",
+    )
+    return {split: text_builder.read_split_text(builder, split) for split in SPLITS}
+
+
+def _load_tfds_builtin(name: str, data_dir: pathlib.Path, text_feature: str) -> dict[str, str]:
+    """TFDS's own text datasets. Their builders and `tfds.load` need TensorFlow."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            f"Dataset 'tfds:{name}' needs TensorFlow, which is not installed: "
+            f'pip install "gpt_jax[tf]", or use a local corpus ({", ".join(known_datasets())}).'
+        ) from None
+    train, info = tfds.load(name, split="train", data_dir=str(data_dir), with_info=True)
+    # Some datasets (lm1b) ship no validation split: their test split stands in.
+    val_split = "validation" if "validation" in info.splits else "test"
+    val = tfds.load(name, split=val_split, data_dir=str(data_dir))
+    # One example = one document/sentence; newlines keep them apart in the token stream.
+    return {
+        "train": _join_text(train, text_feature),
+        "validation": _join_text(val, text_feature),
+    }
+
+
+def _join_text(ds, text_feature: str) -> str:
+    return "\n".join(ex[text_feature].decode("utf-8") for ex in tfds.as_numpy(ds))

@@ -1,0 +1,52 @@
+"""Evaluate a run's latest checkpoint on its validation split.
+
+  python -m gpt_jax.evaluate --workdir=runs/shakespeare_char_cpu [--eval_batches=200]
+
+Reads the run's saved config.json, so it needs nothing else; prints one JSON line.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import ml_collections
+
+
+def evaluate_workdir(workdir: str, eval_batches: int | None = None) -> dict:
+    from gpt_jax.checkpoint import Checkpointer, checkpoint_dir
+    from gpt_jax.trainer import Trainer, restore_or_init
+
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; --workdir must be a directory written by gpt_jax.main")
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    if eval_batches:
+        config.train.eval_batches = eval_batches
+    tr = Trainer(config, workdir, write=False)
+    ckpt = Checkpointer(checkpoint_dir(workdir), save_every=0, read_only=True)
+    if ckpt.latest_step() is None:
+        raise FileNotFoundError(f"no complete checkpoint in {checkpoint_dir(workdir)}")
+    state, meta = restore_or_init(ckpt, tr.model_cfg, tr.tx, config.seed, tr.abstract, tr.shardings)
+    loss = tr.evaluate(state.params)
+    tokens = config.train.eval_batches * config.train.batch_size * tr.model_cfg.block_size
+    return {"step": meta["step"], "val_loss": loss, "eval_tokens": tokens}
+
+
+def main(argv: list[str]) -> int:
+    flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    if "workdir" not in flags:
+        print("error: --workdir is required; usage: python -m gpt_jax.evaluate --workdir=W [--eval_batches=N]",
+              file=sys.stderr)
+        return 2
+    try:
+        result = evaluate_workdir(flags["workdir"], int(flags.get("eval_batches", 0)) or None)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

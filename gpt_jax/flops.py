@@ -1,0 +1,70 @@
+"""FLOPs per token and MFU: model FLOPs counted from the architecture, peak from the device."""
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+
+from gpt_jax.config import ModelConfig
+
+# Dense peak per chip (FLOP/s) for bf16 matmuls, from vendor datasheets.
+ACCELERATOR_PEAK_BF16 = {
+    "h200": 989e12, "h100": 989e12, "a100": 312e12, "l4": 121e12, "a10": 125e12, "v100": 125e12,
+    "tpu v6": 918e12, "tpu v5p": 459e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v4": 275e12,
+    "tpu v3": 123e12,
+}
+
+
+def matmul_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward matmul FLOPs per token (2 per multiply-add), attention counted at full (not causal) length
+    like nanoGPT/PaLM so MFU figures compare."""
+    d, h, g, k, f = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.ff_dim
+    qkv = 2 * d * (h + 2 * g) * k
+    out = 2 * h * k * d
+    mlp = 2 * d * f * (3 if cfg.mlp == "swiglu" else 2)
+    attention = 2 * 2 * seq_len * h * k  # scores and weighted values
+    head = 2 * d * cfg.vocab_size
+    return cfg.n_layer * (qkv + out + mlp + attention) + head
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward + backward (2x forward) = 3x forward."""
+    return 3 * matmul_flops_per_token(cfg, seq_len)
+
+
+@functools.lru_cache(maxsize=None)
+def measured_cpu_peak(dtype: str = "float32", n: int = 1024, repeats: int = 10) -> float:
+    """Practical matmul peak of this CPU (all cores), measured once per process (~0.1-0.5 s).
+
+    CPUs differ a lot (e.g. AVX2 Zen 3 ~130-180 GFLOP/s on 2 cores vs AVX-512 Zen 5 ~440), so a
+    table would lie; bf16 is measured with float32 accumulation, the mode our matmuls use. Best of
+    `repeats` because shared hosts are noisy and the peak is what the hardware can do.
+    """
+    dt = jnp.dtype(dtype)
+    a = jnp.ones((n, n), dt)
+    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    f(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def device_peak_flops(dtype: str = "float32") -> float:
+    """Peak FLOP/s of one device of the default backend for matmuls in `dtype`."""
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return measured_cpu_peak(dtype) / jax.local_device_count()  # simulated devices share the cores
+    kind = dev.device_kind.lower()
+    for name, peak in ACCELERATOR_PEAK_BF16.items():
+        if name in kind:
+            return peak if dtype == "bfloat16" else peak / 2  # TF32/f32 paths: ~half the bf16 rate
+    return float("nan")
+
+
+def mfu(tokens_per_sec: float, cfg: ModelConfig, seq_len: int, peak_flops_total: float) -> float:
+    return tokens_per_sec * train_flops_per_token(cfg, seq_len) / peak_flops_total
