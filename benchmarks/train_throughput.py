@@ -6,6 +6,7 @@ Uses the same Trainer (data, sharded jitted scan of steps, donation) as `gpt_jax
 JSON line. Set XLA_FLAGS=--xla_force_host_platform_device_count=N before running to treat CPU cores
 as N data-parallel devices.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,14 +48,23 @@ def measure(config, steps: int, rounds: int = 3) -> dict:
     tokens = t.batch_size * cfg.block_size
     peak = (t.peak_flops or flops.device_peak_flops(cfg.dtype)) * jax.device_count()
     tps = tokens / sec
-    return {"ms_per_step": sec * 1e3, "tokens_per_sec": tps, "mfu": tps * flops.train_flops_per_token(cfg, cfg.block_size) / peak,
-            "peak_flops": peak, "gflops_per_sec": tps * flops.train_flops_per_token(cfg, cfg.block_size) / 1e9,
-            "compile_s": compile_s, "devices": jax.device_count(), "dtype": cfg.dtype,
-            "steps_per_call": k, "timed_steps": len(times) * per_round * k}
+    return {
+        "ms_per_step": sec * 1e3,
+        "tokens_per_sec": tps,
+        "mfu": tps * flops.train_flops_per_token(cfg, cfg.block_size) / peak,
+        "peak_flops": peak,
+        "gflops_per_sec": tps * flops.train_flops_per_token(cfg, cfg.block_size) / 1e9,
+        "compile_s": compile_s,
+        "devices": jax.device_count(),
+        "dtype": cfg.dtype,
+        "steps_per_call": k,
+        "timed_steps": len(times) * per_round * k,
+    }
 
 
 def main(argv):
     from gpt_jax import run_config
+
     config, flags = run_config.parse_args(argv)
     steps = int(flags.pop("steps", 60))
     config.sample.num_tokens = 0

@@ -1,4 +1,5 @@
 """Causal multi-head / grouped-query self-attention."""
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -22,13 +23,15 @@ def einsum_attention(q_BxHxLxK, k_BxGxSxK, v_BxGxSxK, mask_BxLxS, dtype) -> jax.
     """
     b, h, l, d = q_BxHxLxK.shape
     g = k_BxGxSxK.shape[1]
-    q_BxGxRxLxK = q_BxHxLxK.reshape(b, g, h // g, l, d) * (d ** -0.5)
-    s_BxGxRxLxS = jnp.einsum("bgrlk,bgsk->bgrls", q_BxGxRxLxK.astype(dtype), k_BxGxSxK.astype(dtype),
-                             preferred_element_type=jnp.float32)
+    q_BxGxRxLxK = q_BxHxLxK.reshape(b, g, h // g, l, d) * (d**-0.5)
+    s_BxGxRxLxS = jnp.einsum(
+        "bgrlk,bgsk->bgrls", q_BxGxRxLxK.astype(dtype), k_BxGxSxK.astype(dtype), preferred_element_type=jnp.float32
+    )
     s_BxGxRxLxS = jnp.where(mask_BxLxS[:, None, None], s_BxGxRxLxS, jnp.finfo(jnp.float32).min)
     p_BxGxRxLxS = jax.nn.softmax(s_BxGxRxLxS, axis=-1)
-    o_BxGxRxLxK = jnp.einsum("bgrls,bgsk->bgrlk", p_BxGxRxLxS.astype(dtype), v_BxGxSxK.astype(dtype),
-                             preferred_element_type=jnp.float32)
+    o_BxGxRxLxK = jnp.einsum(
+        "bgrls,bgsk->bgrlk", p_BxGxRxLxS.astype(dtype), v_BxGxSxK.astype(dtype), preferred_element_type=jnp.float32
+    )
     return o_BxGxRxLxK.reshape(b, h, l, d)
 
 
@@ -55,12 +58,20 @@ class HeadsProjection(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD):
         cfg = self.cfg
-        kernel = self.param("kernel", nn.with_logical_partitioning(normal(0.02), ("embed", self.axis, "head_dim")),
-                            (cfg.n_embd, self.heads, cfg.head_dim), cfg.params_dtype)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(normal(0.02), ("embed", self.axis, "head_dim")),
+            (cfg.n_embd, self.heads, cfg.head_dim),
+            cfg.params_dtype,
+        )
         y_BxHxLxK = matmul("bld,dhk->bhlk", x_BxLxD, kernel, cfg)
         if cfg.bias:
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axis, "head_dim")),
-                              (self.heads, cfg.head_dim), cfg.params_dtype)
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, (self.axis, "head_dim")),
+                (self.heads, cfg.head_dim),
+                cfg.params_dtype,
+            )
             y_BxHxLxK = y_BxHxLxK + bias[:, None, :].astype(jnp.float32)
         return nn.with_logical_constraint(y_BxHxLxK, ("batch", self.axis, "length", "head_dim"))
 
@@ -81,11 +92,19 @@ class CausalSelfAttention(nn.Module):
         o_BxHxLxK = attend(q_BxHxLxK, k_BxGxLxK, v_BxGxLxK, mask_BxLxS, cfg.compute_dtype)
         o_BxHxLxK = nn.with_logical_constraint(o_BxHxLxK, ("batch", "heads", "length", "head_dim"))
         out_init = normal(0.02 / (2 * cfg.n_layer) ** 0.5)  # GPT-2 scaled residual init
-        kernel = self.param("out_kernel", nn.with_logical_partitioning(out_init, ("heads", "head_dim", "embed")),
-                            (cfg.n_head, cfg.head_dim, cfg.n_embd), cfg.params_dtype)
+        kernel = self.param(
+            "out_kernel",
+            nn.with_logical_partitioning(out_init, ("heads", "head_dim", "embed")),
+            (cfg.n_head, cfg.head_dim, cfg.n_embd),
+            cfg.params_dtype,
+        )
         y_BxLxD = matmul("bhlk,hkd->bld", o_BxHxLxK, kernel, cfg)
         if cfg.bias:
-            bias = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                              (cfg.n_embd,), cfg.params_dtype)
+            bias = self.param(
+                "out_bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                (cfg.n_embd,),
+                cfg.params_dtype,
+            )
             y_BxLxD = y_BxLxD + bias.astype(jnp.float32)
         return nn.Dropout(cfg.dropout)(y_BxLxD, deterministic=deterministic)

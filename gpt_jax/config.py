@@ -1,4 +1,5 @@
 """Typed model config, built from the run's ConfigDict so layers never see a ConfigDict."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,7 +44,10 @@ class ModelConfig:
     def __post_init__(self):
         def check(name, value, allowed):
             if value not in allowed:
-                raise ValueError(f"model.{name}={value!r} is not one of {allowed}; set config.model.{name} to one of them")
+                raise ValueError(
+                    f"model.{name}={value!r} is not one of {allowed}; set config.model.{name} to one of them"
+                )
+
         check("pos", self.pos, POSITIONS)
         check("norm", self.norm, NORMS)
         check("mlp", self.mlp, MLPS)
@@ -52,10 +56,14 @@ class ModelConfig:
         check("dtype", self.dtype, tuple(DTYPES))
         check("param_dtype", self.param_dtype, tuple(DTYPES))
         if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; change one of them")
+            raise ValueError(
+                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; change one of them"
+            )
         if self.n_head % self.kv_heads:
-            raise ValueError(f"model.n_head={self.n_head} is not divisible by model.n_kv_head={self.kv_heads}; "
-                                              "pick n_kv_head dividing n_head")
+            raise ValueError(
+                f"model.n_head={self.n_head} is not divisible by model.n_kv_head={self.kv_heads}; "
+                "pick n_kv_head dividing n_head"
+            )
         if self.pos == "rope" and self.head_dim % 2:
             raise ValueError(f"rope needs an even head dim, got {self.head_dim}; change model.n_embd or model.n_head")
 
@@ -85,13 +93,13 @@ class ModelConfig:
 
 # GPT-2 sizes (Radford et al. 2019); vocab 50257, context 1024, tied embeddings.
 PRESETS: dict[str, dict[str, int]] = {
-        "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
-        "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
-        "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
-        "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
-        # nanoGPT's shakespeare_char recipes (vocab set from the tokenizer at run time).
-        "shakespeare-char-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
-        "shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+    # nanoGPT's shakespeare_char recipes (vocab set from the tokenizer at run time).
+    "shakespeare-char-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
+    "shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
 }
 
 FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))

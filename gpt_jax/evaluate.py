@@ -4,6 +4,7 @@
 
 Reads the run's saved config.json, so it needs nothing else; prints one JSON line.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,10 @@ def evaluate_workdir(workdir: str, eval_batches: int | None = None) -> dict:
 def main(argv: list[str]) -> int:
     flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
     if "workdir" not in flags:
-        print("error: --workdir is required; usage: python -m gpt_jax.evaluate --workdir=W [--eval_batches=N]",
-              file=sys.stderr)
+        print(
+            "error: --workdir is required; usage: python -m gpt_jax.evaluate --workdir=W [--eval_batches=N]",
+            file=sys.stderr,
+        )
         return 2
     try:
         result = evaluate_workdir(flags["workdir"], int(flags.get("eval_batches", 0)) or None)

@@ -1,4 +1,5 @@
 """FLOPs per token and MFU: model FLOPs counted from the architecture, peak from the device."""
+
 from __future__ import annotations
 
 import functools
@@ -11,8 +12,17 @@ from gpt_jax.config import ModelConfig
 
 # Dense peak per chip (FLOP/s) for bf16 matmuls, from vendor datasheets.
 ACCELERATOR_PEAK_BF16 = {
-    "h200": 989e12, "h100": 989e12, "a100": 312e12, "l4": 121e12, "a10": 125e12, "v100": 125e12,
-    "tpu v6": 918e12, "tpu v5p": 459e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v4": 275e12,
+    "h200": 989e12,
+    "h100": 989e12,
+    "a100": 312e12,
+    "l4": 121e12,
+    "a10": 125e12,
+    "v100": 125e12,
+    "tpu v6": 918e12,
+    "tpu v5p": 459e12,
+    "tpu v5 lite": 197e12,
+    "tpu v5e": 197e12,
+    "tpu v4": 275e12,
     "tpu v3": 123e12,
 }
 

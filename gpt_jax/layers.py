@@ -3,6 +3,7 @@
 Every parameter carries logical axis names ("embed", "mlp", "heads", ...) that
 `gpt_jax.sharding` maps to mesh axes.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -43,13 +44,18 @@ class Dense(nn.Module):
     def __call__(self, x):
         features = tuple(self.features)
         shape = (x.shape[-1],) + features
-        kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
-                                                shape, self.cfg.params_dtype)
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(self.kernel_init, self.axes), shape, self.cfg.params_dtype
+        )
         outs = "abcd"[: len(features)]
         y = matmul(f"...z,z{outs}->...{outs}", x, kernel, self.cfg)
         if self.cfg.bias if self.use_bias is None else self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
-                                                features, self.cfg.params_dtype)
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
+                features,
+                self.cfg.params_dtype,
+            )
             y = y + bias.astype(jnp.float32)
         return y
 
@@ -63,8 +69,9 @@ class Norm(nn.Module):
     def __call__(self, x):
         cfg = self.cfg
         x = x.astype(jnp.float32)
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                                              (x.shape[-1],), cfg.params_dtype)
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],), cfg.params_dtype
+        )
         if cfg.norm == "rmsnorm":
             y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + cfg.norm_eps)
         else:
@@ -73,8 +80,9 @@ class Norm(nn.Module):
             y = (x - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
         y = y * scale.astype(jnp.float32)
         if cfg.bias and cfg.norm == "layernorm":
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
-                                                (x.shape[-1],), cfg.params_dtype)
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (x.shape[-1],), cfg.params_dtype
+            )
             y = y + bias.astype(jnp.float32)
         return y
 

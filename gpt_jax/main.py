@@ -1,4 +1,5 @@
 """Entry point: python -m gpt_jax.main --config=configs/shakespeare_char_cpu.py --workdir=runs/shk [--config.a.b=v]"""
+
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"unknown flag(s) {unknown}; {USAGE}" if unknown else f"--workdir is required; {USAGE}")
         run_config.apply_cpu_devices(config)
         from gpt_jax.trainer import train_and_evaluate  # heavy imports after argument checks
+
         summary = train_and_evaluate(config, flags["workdir"])
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

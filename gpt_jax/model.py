@@ -1,4 +1,5 @@
 """Decoder-only GPT (GPT-2 layout by default: pre-LayerNorm, learned positions, GELU, tied head)."""
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -56,12 +57,20 @@ class GPT(nn.Module):
         if mask_BxLxS is None:
             mask_BxLxS = jnp.broadcast_to(causal_mask(l, l), (b, l, l))
 
-        wte = self.param("wte", nn.with_logical_partitioning(normal(0.02), ("vocab", "embed")),
-                                          (cfg.vocab_size, cfg.n_embd), cfg.params_dtype)
+        wte = self.param(
+            "wte",
+            nn.with_logical_partitioning(normal(0.02), ("vocab", "embed")),
+            (cfg.vocab_size, cfg.n_embd),
+            cfg.params_dtype,
+        )
         x_BxLxD = jnp.take(wte, ids_BxL, axis=0).astype(jnp.float32)
         if cfg.pos == "learned":
-            wpe = self.param("wpe", nn.with_logical_partitioning(normal(0.02), (None, "embed")),
-                                              (cfg.block_size, cfg.n_embd), cfg.params_dtype)
+            wpe = self.param(
+                "wpe",
+                nn.with_logical_partitioning(normal(0.02), (None, "embed")),
+                (cfg.block_size, cfg.n_embd),
+                cfg.params_dtype,
+            )
             x_BxLxD = x_BxLxD + jnp.take(wpe, positions_BxL, axis=0).astype(jnp.float32)
         elif cfg.pos == "sinusoidal":
             table = sinusoidal_positions(cfg.block_size, cfg.n_embd)
@@ -69,10 +78,14 @@ class GPT(nn.Module):
         x_BxLxD = nn.Dropout(cfg.dropout)(x_BxLxD, deterministic=deterministic)
 
         if cfg.scan_layers:
-            stack = nn.scan(_remat(ScannedBlock, cfg.remat, static_argnums=(4,)),
-                                            variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                                            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.n_layer,
-                                            metadata_params={nn.PARTITION_NAME: "layers"})
+            stack = nn.scan(
+                _remat(ScannedBlock, cfg.remat, static_argnums=(4,)),
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                length=cfg.n_layer,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
             x_BxLxD, _ = stack(cfg, name="h")(x_BxLxD, positions_BxL, mask_BxLxS, deterministic)
         else:
             block_cls = _remat(Block, cfg.remat, static_argnums=(4,))
@@ -83,8 +96,12 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             logits_BxLxV = matmul("bld,vd->blv", x_BxLxD, wte, cfg)
         else:
-            head = self.param("lm_head", nn.with_logical_partitioning(normal(0.02), ("embed", "vocab")),
-                                                (cfg.n_embd, cfg.vocab_size), cfg.params_dtype)
+            head = self.param(
+                "lm_head",
+                nn.with_logical_partitioning(normal(0.02), ("embed", "vocab")),
+                (cfg.n_embd, cfg.vocab_size),
+                cfg.params_dtype,
+            )
             logits_BxLxV = matmul("bld,dv->blv", x_BxLxD, head, cfg)
         return nn.with_logical_constraint(logits_BxLxV, ("batch", "length", "vocab"))
 

@@ -1,4 +1,5 @@
 """Optax optimizer from `config.optim`: schedule, weight-decay mask, clipping."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -23,18 +24,21 @@ def make_schedule(optim: Mapping[str, Any], num_steps: int) -> optax.Schedule:
     if kind == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(decay_steps, warmup + 1), min_lr)
     return optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, warmup), optax.linear_schedule(lr, min_lr, max(decay_steps - warmup, 1))],
-            [warmup])
+        [optax.linear_schedule(0.0, lr, warmup), optax.linear_schedule(lr, min_lr, max(decay_steps - warmup, 1))],
+        [warmup],
+    )
 
 
 def decay_mask(params, decay_embeddings: bool = False):
     """True for matmul kernels (and embeddings if asked); biases, norm scales never decay."""
     flat = traverse_util.flatten_dict(params)
+
     def decays(path, leaf) -> bool:
         name = path[-1]
         if name in ("wte", "wpe"):
             return decay_embeddings
         return name in ("kernel", "lm_head") and leaf.ndim >= 2
+
     return traverse_util.unflatten_dict({k: decays(k, v) for k, v in flat.items()})
 
 

@@ -1,4 +1,5 @@
 """Run configs: load a `get_config()` file, apply `--config.a.b=value` overrides, guard the workdir."""
+
 from __future__ import annotations
 
 import ast
@@ -66,7 +67,7 @@ def parse_args(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, dict[str
         if name == "config":
             config = load_config(value)
         elif name.startswith("config."):
-            overrides.append((name[len("config."):], value))
+            overrides.append((name[len("config.") :], value))
         else:
             flags[name] = value
     if config is None:
@@ -90,25 +91,31 @@ def apply_cpu_devices(config: ml_collections.ConfigDict) -> None:
         return  # the caller chose already (e.g. tests simulating 8 devices)
     if "jax" in sys.modules:
         import jax
+
         if jax.default_backend() == "cpu" and jax.device_count() != n:
-            raise ValueError(f"config.mesh.cpu_devices={n} but jax already started with {jax.device_count()} "
-                             f"CPU devices; set XLA_FLAGS={flag} before importing jax, or cpu_devices=0")
+            raise ValueError(
+                f"config.mesh.cpu_devices={n} but jax already started with {jax.device_count()} "
+                f"CPU devices; set XLA_FLAGS={flag} before importing jax, or cpu_devices=0"
+            )
         return
     os.environ["XLA_FLAGS"] = f"{current} {flag}".strip()
 
 
-def check_and_save(workdir: pathlib.Path, config: ml_collections.ConfigDict, model_fields: dict, *,
-                   save: bool = True) -> None:
+def check_and_save(
+    workdir: pathlib.Path, config: ml_collections.ConfigDict, model_fields: dict, *, save: bool = True
+) -> None:
     """Refuse to resume a workdir whose saved model differs from the requested one; save the config."""
     saved = workdir / "model_config.json"
     if saved.exists():
         before = json.loads(saved.read_text())
         diff = {k: (before.get(k), v) for k, v in model_fields.items() if before.get(k) != v}
         if diff:
-            (key, (old, new)), = list(diff.items())[:1]
-            raise ValueError(f"workdir {workdir} holds a run with model.{key}={old!r} but the config asks for "
-                             f"{new!r} ({len(diff)} field(s) differ); use a new --workdir or match the saved "
-                             f"config in {saved}")
+            ((key, (old, new)),) = list(diff.items())[:1]
+            raise ValueError(
+                f"workdir {workdir} holds a run with model.{key}={old!r} but the config asks for "
+                f"{new!r} ({len(diff)} field(s) differ); use a new --workdir or match the saved "
+                f"config in {saved}"
+            )
     if not save:
         return
     workdir.mkdir(parents=True, exist_ok=True)

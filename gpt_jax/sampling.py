@@ -3,6 +3,7 @@
 One compiled loop over a fixed-size token buffer; the context is cropped to the last
 block_size tokens, as nanoGPT does.
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,8 +17,9 @@ from gpt_jax.model import GPT
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "prompt_len", "num_tokens", "top_k"))
-def _sample(cfg: ModelConfig, params, buffer_T, rng, temperature, *, prompt_len: int, num_tokens: int,
-            top_k: int | None):
+def _sample(
+    cfg: ModelConfig, params, buffer_T, rng, temperature, *, prompt_len: int, num_tokens: int, top_k: int | None
+):
     total = buffer_T.shape[0]
     window = min(total, cfg.block_size)
     model = GPT(cfg)
@@ -40,14 +42,30 @@ def _sample(cfg: ModelConfig, params, buffer_T, rng, temperature, *, prompt_len:
     return buf
 
 
-def sample(cfg: ModelConfig, params, prompt_ids, num_tokens: int, *, seed: int = 0, temperature: float = 1.0,
-           top_k: int | None = None) -> np.ndarray:
+def sample(
+    cfg: ModelConfig,
+    params,
+    prompt_ids,
+    num_tokens: int,
+    *,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+) -> np.ndarray:
     """Returns the `num_tokens` new token ids (int32) that follow `prompt_ids` (1-D, non-empty)."""
     prompt = np.asarray(prompt_ids, np.int32).reshape(-1)
     if prompt.size == 0:
         raise ValueError("sampling needs a non-empty prompt; e.g. a newline token")
     buffer = np.zeros(prompt.size + num_tokens, np.int32)
     buffer[: prompt.size] = prompt
-    out = _sample(cfg, params, jnp.asarray(buffer), jax.random.key(seed), jnp.float32(temperature),
-                  prompt_len=int(prompt.size), num_tokens=int(num_tokens), top_k=top_k)
-    return np.asarray(out[prompt.size:])
+    out = _sample(
+        cfg,
+        params,
+        jnp.asarray(buffer),
+        jax.random.key(seed),
+        jnp.float32(temperature),
+        prompt_len=int(prompt.size),
+        num_tokens=int(num_tokens),
+        top_k=top_k,
+    )
+    return np.asarray(out[prompt.size :])

@@ -1,4 +1,5 @@
 """Device mesh and logical-axis rules: parameters and activations name their axes, rules map them to the mesh."""
+
 from __future__ import annotations
 
 import math
@@ -15,16 +16,16 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # activation [batch, length, embed] gets batch over (data, fsdp) and embed replicated, while an
 # [embed, mlp] kernel gets embed over fsdp (ZeRO-3 style) and mlp over tensor (Megatron style).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-        ("batch", ("data", "fsdp")),
-        ("length", None),
-        ("layers", None),
-        ("vocab", "tensor"),
-        ("embed", "fsdp"),
-        ("heads", "tensor"),
-        ("kv_heads", "tensor"),
-        ("head_dim", None),
-        ("mlp", "tensor"),
-        ("norm", None),
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("layers", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("norm", None),
 )
 
 
@@ -39,12 +40,16 @@ def mesh_shape(axes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(f"config.mesh={dict(axes)} does not divide {num_devices} devices; "
-                                              f"make the fixed axes' product divide {num_devices}")
+            raise ValueError(
+                f"config.mesh={dict(axes)} does not divide {num_devices} devices; "
+                f"make the fixed axes' product divide {num_devices}"
+            )
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise ValueError(f"config.mesh={dict(axes)} needs {math.prod(sizes)} devices but {num_devices} are "
-                                          f"available; make data*fsdp*tensor = {num_devices} or set one axis to -1")
+        raise ValueError(
+            f"config.mesh={dict(axes)} needs {math.prod(sizes)} devices but {num_devices} are "
+            f"available; make data*fsdp*tensor = {num_devices} or set one axis to -1"
+        )
     return tuple(sizes)
 
 
@@ -72,9 +77,11 @@ def logical_sharding(boxed_tree, mesh: Mesh, rules=DEFAULT_RULES):
     """NamedShardings for a tree whose leaves are (abstract) nn.LogicallyPartitioned boxes."""
     specs = nn.get_partition_spec(boxed_tree)
     shapes = nn.meta.unbox(boxed_tree)
+
     def to_sharding(spec, leaf):
         mesh_spec = nn.logical_to_mesh_axes(tuple(spec), rules) if spec else P()
         return NamedSharding(mesh, _fit(mesh_spec, leaf.shape, mesh))
+
     return jax.tree.map(to_sharding, specs, shapes, is_leaf=lambda x: isinstance(x, P))
 
 
@@ -90,8 +97,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def maybe_initialize_distributed() -> None:
     """Multi-host (TPU pods, multi-node GPU): join the cluster when launched as several processes."""
     import os
+
     if jax.process_count() > 1:
         return
-    if any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS",
-                                                                      "OMPI_COMM_WORLD_SIZE")) and os.environ.get("GPT_JAX_NO_DISTRIBUTED") != "1":
+    if (
+        any(
+            k in os.environ
+            for k in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+        )
+        and os.environ.get("GPT_JAX_NO_DISTRIBUTED") != "1"
+    ):
         jax.distributed.initialize()

@@ -2,6 +2,7 @@
 
 The loop that drives them (data, logging, checkpoints) is `gpt_jax.trainer`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -30,8 +31,7 @@ class TrainState:
 
 def causal_lm_loss(logits_BxLxV, batch: Batch) -> tuple[jax.Array, jax.Array]:
     """Summed next-token cross entropy (float32) and the number of counted tokens."""
-    losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV.astype(jnp.float32),
-                                                                  batch["targets"])
+    losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV.astype(jnp.float32), batch["targets"])
     weights_BxL = batch.get("weights")
     if weights_BxL is None:
         return losses_BxL.sum(), jnp.asarray(losses_BxL.size, jnp.float32)
@@ -39,8 +39,14 @@ def causal_lm_loss(logits_BxLxV, batch: Batch) -> tuple[jax.Array, jax.Array]:
     return (losses_BxL * weights_BxL).sum(), weights_BxL.sum()
 
 
-def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
-                    grad_accum: int = 1, loss_fn: LossFn = causal_lm_loss):
+def make_train_step(
+    cfg: ModelConfig,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    grad_accum: int = 1,
+    loss_fn: LossFn = causal_lm_loss,
+):
     """Pure train step; with grad_accum > 1 the batch is split into micro-batches scanned in order."""
     model = GPT(cfg)
 
@@ -67,8 +73,7 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, schedule
         grads = jax.tree.map(lambda g: g / count, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"train_loss": loss_sum / count, "grad_norm": optax.global_norm(grads),
-                   "lr": schedule(state.step)}
+        metrics = {"train_loss": loss_sum / count, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -79,8 +84,10 @@ def scan_steps(train_step):
 
     On CPU the per-call dispatch and host round trip cost as much as a small model's step.
     """
+
     def multi_step(state: TrainState, batches: Batch):
         return jax.lax.scan(train_step, state, batches)
+
     return multi_step
 
 
@@ -93,6 +100,7 @@ def make_eval_step(cfg: ModelConfig, loss_fn: LossFn = causal_lm_loss):
             logits = model.apply({"params": params}, batch["inputs"])
             l, c = loss_fn(logits, batch)
             return (carry[0] + l, carry[1] + c), None
+
         (loss_sum, count), _ = jax.lax.scan(one, (jnp.zeros(()), jnp.zeros(())), batches)
         return loss_sum / count
 
@@ -106,19 +114,27 @@ def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, ru
     params = nn.meta.unbox(boxed)
     opt_state = jax.eval_shape(tx.init, params)
     # Optimizer slots that mirror params (Adam mu/nu, ...) take the params' sharding; counters replicate.
-    opt_sharding = optax.tree_map_params(tx, lambda _, s: s, opt_state, param_sharding,
-                                         transform_non_params=lambda _: shd.replicated(mesh))
-    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt_state,
-                          rng=jax.eval_shape(lambda: jax.random.key(0)))
-    shardings = TrainState(step=shd.replicated(mesh), params=param_sharding, opt_state=opt_sharding,
-                           rng=shd.replicated(mesh))
+    opt_sharding = optax.tree_map_params(
+        tx, lambda _, s: s, opt_state, param_sharding, transform_non_params=lambda _: shd.replicated(mesh)
+    )
+    abstract = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=params,
+        opt_state=opt_state,
+        rng=jax.eval_shape(lambda: jax.random.key(0)),
+    )
+    shardings = TrainState(
+        step=shd.replicated(mesh), params=param_sharding, opt_state=opt_sharding, rng=shd.replicated(mesh)
+    )
     return abstract, shardings
 
 
 def create_train_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int, shardings) -> TrainState:
     """Initialise params and optimizer state directly into their shards (never whole on one device)."""
+
     def init(rng):
         init_rng, train_rng = jax.random.split(rng)
         params = nn.meta.unbox(init_params(cfg, init_rng))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng)
+
     return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))

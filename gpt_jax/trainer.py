@@ -1,4 +1,5 @@
 """The training loop: data -> sharded jitted steps -> eval, logs, checkpoints, resume, sample."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,7 @@ from gpt_jax.checkpoint import Checkpointer, checkpoint_dir, install_sigterm_han
 from gpt_jax.config import ModelConfig, model_config_from
 from gpt_jax.metrics import MetricWriter
 from gpt_jax.optim import make_optimizer
-from gpt_jax.train import (TrainState, create_train_state, make_eval_step, make_train_step, scan_steps,
-                           state_shardings)
+from gpt_jax.train import TrainState, create_train_state, make_eval_step, make_train_step, scan_steps, state_shardings
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 def build_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
     cfg = model_config_from(config.model, vocab_size=config.model.vocab_size or vocab_size)
     if cfg.vocab_size < vocab_size:
-        raise ValueError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's {vocab_size}; "
-                         "raise it or leave it unset")
+        raise ValueError(
+            f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's {vocab_size}; "
+            "raise it or leave it unset"
+        )
     return cfg
 
 
@@ -63,8 +65,9 @@ class Trainer:
         shd.maybe_initialize_distributed()
         d = config.data
         tokenizer = data_lib.load_tokenizer(self.workdir) if (self.workdir / "tokenizer.json").exists() else None
-        self.tokenizer, self.tokens = data_lib.prepare_tokens(d.dataset, d.tokenizer, manual_dir=d.manual_dir,
-                                                              data_dir=d.tfds_dir, tokenizer=tokenizer)
+        self.tokenizer, self.tokens = data_lib.prepare_tokens(
+            d.dataset, d.tokenizer, manual_dir=d.manual_dir, data_dir=d.tfds_dir, tokenizer=tokenizer
+        )
         self.model_cfg = build_model_config(config, self.tokenizer.vocab_size)
         write = write and jax.process_index() == 0
         run_config.check_and_save(self.workdir, config, dataclasses.asdict(self.model_cfg), save=write)
@@ -77,27 +80,44 @@ class Trainer:
             raise ValueError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
         data_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         if (t.batch_size // t.grad_accum) % data_shards:
-            raise ValueError(f"micro-batch {t.batch_size // t.grad_accum} is not divisible by the {data_shards} "
-                             "data-parallel shards (mesh data*fsdp); change train.batch_size or config.mesh")
+            raise ValueError(
+                f"micro-batch {t.batch_size // t.grad_accum} is not divisible by the {data_shards} "
+                "data-parallel shards (mesh data*fsdp); change train.batch_size or config.mesh"
+            )
         self.tx, self.schedule = make_optimizer(config.optim, t.num_steps)
         self.abstract, self.shardings = state_shardings(self.model_cfg, self.tx, self.mesh)
         self.batch_sharding = shd.batch_sharding(self.mesh, ndim=3, leading=1)  # [K, B, L]
         train_step = make_train_step(self.model_cfg, self.tx, self.schedule, grad_accum=t.grad_accum)
         with self.rules():
-            self.train_fn = jax.jit(scan_steps(train_step), in_shardings=(self.shardings, self.batch_sharding),
-                                    out_shardings=(self.shardings, shd.replicated(self.mesh)), donate_argnums=0)
-            self.eval_fn = jax.jit(make_eval_step(self.model_cfg),
-                                   in_shardings=(self.shardings.params, self.batch_sharding),
-                                   out_shardings=shd.replicated(self.mesh))
+            self.train_fn = jax.jit(
+                scan_steps(train_step),
+                in_shardings=(self.shardings, self.batch_sharding),
+                out_shardings=(self.shardings, shd.replicated(self.mesh)),
+                donate_argnums=0,
+            )
+            self.eval_fn = jax.jit(
+                make_eval_step(self.model_cfg),
+                in_shardings=(self.shardings.params, self.batch_sharding),
+                out_shardings=shd.replicated(self.mesh),
+            )
         block = self.model_cfg.block_size
         self.batcher = data_lib.TokenBatcher(self.tokens["train"], t.batch_size, block, seed=config.seed)
-        self.eval_data = self.to_device(data_lib.eval_batches(
-            self.tokens["validation"], t.batch_size, block, t.eval_batches, config.seed,
-            process_index=jax.process_index(), process_count=jax.process_count()))
+        self.eval_data = self.to_device(
+            data_lib.eval_batches(
+                self.tokens["validation"],
+                t.batch_size,
+                block,
+                t.eval_batches,
+                config.seed,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
+        )
 
     def rules(self):
         """Mesh + logical-axis rules in scope while tracing (for the activation constraints)."""
         import contextlib
+
         stack = contextlib.ExitStack()
         stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(nn.logical_axis_rules(shd.DEFAULT_RULES))
@@ -107,8 +127,9 @@ class Trainer:
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in host_batch.items()}
 
     def batches(self, step: int, k: int) -> dict[str, jax.Array]:
-        return self.to_device(self.batcher.batches(step, k, process_index=jax.process_index(),
-                                                   process_count=jax.process_count()))
+        return self.to_device(
+            self.batcher.batches(step, k, process_index=jax.process_index(), process_count=jax.process_count())
+        )
 
     def run_steps(self, state: TrainState, step: int, k: int):
         with self.rules():
@@ -124,8 +145,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     t0 = time.perf_counter()
     tr = Trainer(config, workdir)
     t, cfg = config.train, tr.model_cfg
-    ckpt = Checkpointer(checkpoint_dir(tr.workdir), save_every=config.checkpoint.every,
-                        keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    ckpt = Checkpointer(
+        checkpoint_dir(tr.workdir),
+        save_every=config.checkpoint.every,
+        keep=config.checkpoint.keep,
+        async_save=config.checkpoint.async_save,
+    )
     state, meta = restore_or_init(ckpt, cfg, tr.tx, config.seed, tr.abstract, tr.shardings)
     step = int(jax.device_get(state.step))
     if meta is not None:
@@ -151,9 +176,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 if mark_step != int(meta["step"] if meta else 0) or step - mark_step > k:
                     rates.append(rate)  # the first interval after start includes compilation
                 mark_step, mark_time = step, now
-                record = {"train_loss": float(m["train_loss"][-1]), "lr": float(m["lr"][-1]),
-                          "grad_norm": float(m["grad_norm"][-1]), "tokens_per_sec": rate,
-                          "mfu": rate * flops_per_token / peak}
+                record = {
+                    "train_loss": float(m["train_loss"][-1]),
+                    "lr": float(m["lr"][-1]),
+                    "grad_norm": float(m["grad_norm"][-1]),
+                    "tokens_per_sec": rate,
+                    "mfu": rate * flops_per_token / peak,
+                }
             if (t.eval_every and step % t.eval_every == 0) or step == t.num_steps:
                 record = record or {}
                 record["val_loss"] = tr.evaluate(state.params)
@@ -178,10 +207,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if last is None or "val_loss" not in last:  # e.g. restarted an already finished run
         last = {**(last or {}), "val_loss": tr.evaluate(state.params)}
     steady = statistics.median(rates) if rates else None
-    summary = {"status": status, "step": step, "train_loss": (last or {}).get("train_loss"),
-               "val_loss": (last or {}).get("val_loss"), "tokens_per_sec": steady,
-               "mfu": steady * flops_per_token / peak if steady else None, "peak_flops": peak,
-               "wall_s": time.perf_counter() - t0, "devices": jax.device_count(), "backend": jax.default_backend()}
+    summary = {
+        "status": status,
+        "step": step,
+        "train_loss": (last or {}).get("train_loss"),
+        "val_loss": (last or {}).get("val_loss"),
+        "tokens_per_sec": steady,
+        "mfu": steady * flops_per_token / peak if steady else None,
+        "peak_flops": peak,
+        "wall_s": time.perf_counter() - t0,
+        "devices": jax.device_count(),
+        "backend": jax.default_backend(),
+    }
     if jax.process_index() == 0:
         (tr.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     if status == "completed" and config.sample.num_tokens > 0:
@@ -191,6 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 def sample_text(tr: Trainer, params, s: ml_collections.ConfigDict) -> str:
     prompt = tr.tokenizer.encode(s.prompt)
-    ids = sampling.sample(tr.model_cfg, params, prompt, s.num_tokens, seed=tr.config.seed,
-                          temperature=s.temperature, top_k=s.top_k)
+    ids = sampling.sample(
+        tr.model_cfg, params, prompt, s.num_tokens, seed=tr.config.seed, temperature=s.temperature, top_k=s.top_k
+    )
     return s.prompt + tr.tokenizer.decode(ids)
