@@ -1,8 +1,10 @@
 """nanoGPT's GPU recipe on tiny Shakespeare (char level): 6 layers, 6 heads, 384 embd, block 256, batch 64.
 
 Run:      python -m gpt_jax.main --config=configs/shakespeare_char.py --workdir=runs/shk
-Time:     TIME_PLACEHOLDER
-Expect:   VAL_PLACEHOLDER
+Time:     ~14 s/step on the project's 2-core CPU (5000 steps ~ 20 h; measured with
+          `python -m benchmarks.train_throughput --config=configs/shakespeare_char.py --steps=3`);
+          minutes on one GPU.
+Expect:   val loss ~1.47 at step 5000 (nanoGPT's README figure for this recipe; not reproduced here).
 """
 from configs.base import base_config
 
@@ -17,8 +19,6 @@ def get_config():
     c.train.log_every = 10
     c.train.eval_every = 250
     c.train.eval_batches = 200
-    c.model.bias = False           # nanoGPT's train.py default (no biases in Linear/LayerNorm)
-    c.optim.decay_embeddings = True  # nanoGPT decays every >=2-D tensor, embeddings included
     c.optim.lr = 1e-3
     c.optim.min_lr = 1e-4
     c.optim.warmup_steps = 100

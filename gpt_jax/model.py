@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -113,4 +115,4 @@ def init_params(cfg: ModelConfig, rng, batch: int = 1, length: int | None = None
 
 
 def count_params(params) -> int:
-    return sum(int(jnp.size(x)) for x in jax.tree.leaves(nn.meta.unbox(params)))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(params)))

@@ -37,7 +37,7 @@ def decay_mask(params, decay_embeddings: bool = False):
         name = path[-1]
         if name in ("wte", "wpe"):
             return decay_embeddings
-        return name in ("kernel", "lm_head") and leaf.ndim >= 2
+        return (name == "lm_head" or name.endswith("kernel")) and leaf.ndim >= 2
 
     return traverse_util.unflatten_dict({k: decays(k, v) for k, v in flat.items()})
 
