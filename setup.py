@@ -15,7 +15,16 @@ INSTALL_REQUIRES = [
     "numpy>=2.0",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
+    "tokenizers>=0.23.3",  # byte-level BPE: GPT-2's tokenizer and trained ones
+    "safetensors>=0.8.0",  # HF weights, read and written through numpy (no torch)
+    "ml_dtypes>=0.5",  # bfloat16 in numpy, for bf16 safetensors files (a jax dependency too)
+    "matplotlib>=3.8",  # loss-curve PNGs (gpt_jax.plot, experiments.sweep), Agg backend
 ]
+
+# The HF oracle for tests, and torch for reading pytorch_model.bin. torch is pinned to the CPU
+# build these machines carry (2.13.0+cpu satisfies ==2.13.0 and sorts above PyPI's CUDA 2.13.0).
+HF = ["transformers>=5.23.0", "torch==2.13.0"]
+SENTENCEPIECE = ["sentencepiece>=0.2.3"]
 
 setup(
     name="gpt_jax",
@@ -25,7 +34,9 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5"] + HF + SENTENCEPIECE,
+        "hf": HF,
+        "sentencepiece": SENTENCEPIECE,
         # TFDS's built-in datasets (tiny_shakespeare, c4, ...) need TensorFlow to prepare/read.
         "tf": ["tensorflow-cpu>=2.16"],
     },

@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.bias = True
     m.pos = "learned"              # learned | sinusoidal | rope
     m.norm = "layernorm"           # layernorm | rmsnorm
+    m.norm_eps = NONE_FLOAT()       # None: 1e-5 (GPT-2)
     m.mlp = "gelu"                 # gelu | swiglu
     m.tie_embeddings = True
     m.dtype = "float32"            # matmul operands: float32 | bfloat16 (f32 accumulation either way)
@@ -48,7 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "tiny_shakespeare"  # a local corpus, or tfds:<name> (needs gpt_jax[tf] and internet)
-    c.data.tokenizer = "char"      # char | byte
+    c.data.tokenizer = "char"      # char | byte | bpe | sentencepiece (needs gpt_jax[sentencepiece])
+    c.data.vocab_size = NONE_INT()   # bpe/sentencepiece: ids to learn from the train split (e.g. 4096)
+    c.data.tokenizer_path = NONE_STR()  # load, not learn: dir of vocab.json+merges.txt, a tokenizer.json, a .model
     c.data.manual_dir = NONE_STR()   # raw corpora; else $GPT_JAX_DATA_DIR, else ../shared/data
     c.data.tfds_dir = NONE_STR()     # prepared TFDS cache; else $GPT_JAX_TFDS_DIR, else ~/.cache/gpt_jax/tfds
 

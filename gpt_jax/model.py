@@ -17,13 +17,18 @@ class Block(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, deterministic: bool = True):
+    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, deterministic: bool = True, kv=None, index=None):
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
         h = Norm(self.cfg, name="ln_1")(x_BxLxD)
-        x_BxLxD = x_BxLxD + CausalSelfAttention(self.cfg, name="attn")(h, positions_BxL, mask_BxLxS, deterministic)
+        attn = CausalSelfAttention(self.cfg, name="attn")
+        if kv is None:
+            y_BxLxD = attn(h, positions_BxL, mask_BxLxS, deterministic)
+        else:
+            y_BxLxD, kv = attn(h, positions_BxL, mask_BxLxS, deterministic, kv, index)
+        x_BxLxD = x_BxLxD + y_BxLxD
         h = Norm(self.cfg, name="ln_2")(x_BxLxD)
         x_BxLxD = x_BxLxD + MLP(self.cfg, name="mlp")(h, deterministic)
-        return x_BxLxD
+        return x_BxLxD if kv is None else (x_BxLxD, kv)
 
 
 class ScannedBlock(nn.Module):
@@ -32,8 +37,9 @@ class ScannedBlock(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, deterministic: bool):
-        return Block(self.cfg, name="block")(x_BxLxD, positions_BxL, mask_BxLxS, deterministic), None
+    def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, deterministic: bool, kv=None, index=None):
+        out = Block(self.cfg, name="block")(x_BxLxD, positions_BxL, mask_BxLxS, deterministic, kv, index)
+        return out if kv is not None else (out, None)  # with a cache: (x, this layer's updated kv)
 
 
 def _remat(module_cls, policy: str, static_argnums):
@@ -44,20 +50,32 @@ def _remat(module_cls, policy: str, static_argnums):
 
 
 class GPT(nn.Module):
-    """`GPT(cfg).apply({'params': p}, ids_BxL) -> logits_BxLxV` (float32, eval mode by default)."""
+    """`GPT(cfg).apply({'params': p}, ids_BxL) -> logits_BxLxV` (float32, eval mode by default).
+
+    Decoding: pass `cache` (gpt_jax.kv_cache.KVCache), positions and a mask over [cached slots, new
+    tokens] (see CausalSelfAttention); returns (logits, updated cache). Without positions/mask the
+    rows are taken as unpadded and continuing at slot cache.index. `last_only` computes the logits of
+    the last position only (a prefill needs no others).
+    """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, ids_BxL, positions_BxL=None, mask_BxLxS=None, deterministic: bool = True):
+    def __call__(
+        self, ids_BxL, positions_BxL=None, mask_BxLxS=None, deterministic: bool = True, cache=None, last_only=False
+    ):
         cfg = self.cfg
         b, l = ids_BxL.shape
         if l > cfg.block_size and cfg.pos == "learned":
             raise ValueError(f"sequence length {l} exceeds model.block_size={cfg.block_size}; crop the input")
+        start = 0 if cache is None else cache.index  # unpadded rows: positions are cache slots
         if positions_BxL is None:
-            positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-        if mask_BxLxS is None:
+            positions_BxL = jnp.broadcast_to(start + jnp.arange(l, dtype=jnp.int32), (b, l))
+        if mask_BxLxS is None and cache is None:
             mask_BxLxS = jnp.broadcast_to(causal_mask(l, l), (b, l, l))
+        elif mask_BxLxS is None:  # the filled slots, then causal over the new tokens
+            filled_LxS = jnp.broadcast_to(jnp.arange(cache.length)[None] < start, (l, cache.length))
+            mask_BxLxS = jnp.broadcast_to(jnp.concatenate([filled_LxS, causal_mask(l, l)], 1), (b, l, cache.length + l))
 
         wte = self.param(
             "wte",
@@ -80,20 +98,37 @@ class GPT(nn.Module):
         x_BxLxD = nn.Dropout(cfg.dropout)(x_BxLxD, deterministic=deterministic)
 
         if cfg.scan_layers:
+            cached = (0, nn.broadcast) if cache is not None else ()  # the cache is scanned over its layer axis
             stack = nn.scan(
                 _remat(ScannedBlock, cfg.remat, static_argnums=(4,)),
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast) + cached,
                 length=cfg.n_layer,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x_BxLxD, _ = stack(cfg, name="h")(x_BxLxD, positions_BxL, mask_BxLxS, deterministic)
+            args = ((cache.k, cache.v), cache.index) if cache is not None else ()
+            x_BxLxD, kv = stack(cfg, name="h")(x_BxLxD, positions_BxL, mask_BxLxS, deterministic, *args)
+            if cache is not None:
+                cache = cache.replace(k=kv[0], v=kv[1])
         else:
             block_cls = _remat(Block, cfg.remat, static_argnums=(4,))
+            ks, vs = [], []
             for i in range(cfg.n_layer):
-                x_BxLxD = block_cls(cfg, name=f"h_{i}")(x_BxLxD, positions_BxL, mask_BxLxS, deterministic)
+                block = block_cls(cfg, name=f"h_{i}")
+                if cache is None:
+                    x_BxLxD = block(x_BxLxD, positions_BxL, mask_BxLxS, deterministic)
+                else:
+                    x_BxLxD, (k, v) = block(
+                        x_BxLxD, positions_BxL, mask_BxLxS, deterministic, (cache.k[i], cache.v[i]), cache.index
+                    )
+                    ks.append(k)
+                    vs.append(v)
+            if cache is not None:
+                cache = cache.replace(k=tuple(ks), v=tuple(vs))
 
+        if last_only:
+            x_BxLxD = x_BxLxD[:, -1:]
         x_BxLxD = Norm(cfg, name="ln_f")(x_BxLxD)
         if cfg.tie_embeddings:
             logits_BxLxV = matmul("bld,vd->blv", x_BxLxD, wte, cfg)
@@ -105,7 +140,10 @@ class GPT(nn.Module):
                 cfg.params_dtype,
             )
             logits_BxLxV = matmul("bld,dv->blv", x_BxLxD, head, cfg)
-        return nn.with_logical_constraint(logits_BxLxV, ("batch", "length", "vocab"))
+        logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ("batch", "length", "vocab"))
+        if cache is None:
+            return logits_BxLxV
+        return logits_BxLxV, cache.replace(index=cache.index + l)
 
 
 def init_params(cfg: ModelConfig, rng, batch: int = 1, length: int | None = None):

@@ -17,10 +17,11 @@ import numpy as np
 import tqdm
 
 from gpt_jax import data as data_lib
-from gpt_jax import flops, run_config, sampling
+from gpt_jax import flops, run_config
 from gpt_jax import sharding as shd
 from gpt_jax.checkpoint import Checkpointer, checkpoint_dir, install_sigterm_handler
 from gpt_jax.config import ModelConfig, model_config_from
+from gpt_jax.generate import generate
 from gpt_jax.metrics import MetricWriter
 from gpt_jax.optim import make_optimizer
 from gpt_jax.train import TrainState, create_train_state, make_eval_step, make_train_step, scan_steps, state_shardings
@@ -66,7 +67,14 @@ class Trainer:
         d = config.data
         tokenizer = data_lib.load_tokenizer(self.workdir) if (self.workdir / "tokenizer.json").exists() else None
         self.tokenizer, self.tokens = data_lib.prepare_tokens(
-            d.dataset, d.tokenizer, manual_dir=d.manual_dir, data_dir=d.tfds_dir, tokenizer=tokenizer
+            d.dataset,
+            d.tokenizer,
+            manual_dir=d.manual_dir,
+            data_dir=d.tfds_dir,
+            tokenizer=tokenizer,
+            # .get: config.json files written before these keys existed lack them
+            vocab_size=d.get("vocab_size"),
+            tokenizer_path=d.get("tokenizer_path"),
         )
         self.model_cfg = build_model_config(config, self.tokenizer.vocab_size)
         write = write and jax.process_index() == 0
@@ -227,8 +235,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 
 def sample_text(tr: Trainer, params, s: ml_collections.ConfigDict) -> str:
-    prompt = tr.tokenizer.encode(s.prompt)
-    ids = sampling.sample(
-        tr.model_cfg, params, prompt, s.num_tokens, seed=tr.config.seed, temperature=s.temperature, top_k=s.top_k
+    """The end-of-run sample: KV-cache generation on the training mesh, sliding past block_size."""
+    ids = generate(
+        tr.model_cfg,
+        params,
+        [tr.tokenizer.encode(s.prompt)],
+        max_new_tokens=s.num_tokens,
+        temperature=s.temperature,
+        top_k=s.top_k,
+        seed=tr.config.seed,
+        slide=True,
+        mesh=tr.mesh,
     )
-    return s.prompt + tr.tokenizer.decode(ids)
+    return s.prompt + tr.tokenizer.decode(ids[0])

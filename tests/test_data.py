@@ -207,11 +207,11 @@ def test_tokenizer_save_load(kind, shakespeare, tmp_path):
 def test_load_tokenizer_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         load_tokenizer(tmp_path)
-    (tmp_path / "tokenizer.json").write_text('{"kind": "sentencepiece"}')
-    with pytest.raises(ValueError, match=r"'sentencepiece'.*byte, char"):
+    (tmp_path / "tokenizer.json").write_text('{"kind": "wordpiece"}')
+    with pytest.raises(ValueError, match=r"'wordpiece'.*bpe, byte, char, sentencepiece"):
         load_tokenizer(tmp_path)
     with pytest.raises(ValueError, match="Unknown tokenizer kind"):
-        build_tokenizer("bpe", "text")
+        build_tokenizer("wordpiece", "text")
 
 
 def test_prepare_tokens_reuses_given_tokenizer(manual_dir, tfds_dir, shakespeare):

@@ -30,16 +30,19 @@ def prepare_tokens(
     manual_dir: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
     tokenizer: Tokenizer | None = None,
+    vocab_size: int | None = None,
+    tokenizer_path: str | os.PathLike | None = None,
 ) -> tuple[Tokenizer, dict[str, np.ndarray]]:
     """(tokenizer, {'train': int32[N_train], 'validation': int32[N_val]}).
 
     Pass `tokenizer` (e.g. `load_tokenizer(workdir)` on resume) to reuse its vocabulary;
-    otherwise a new one of `tokenizer_kind` is built from the train split only.
-    Not cached: tokenizing tiny_shakespeare takes ~10 ms.
+    otherwise a new one of `tokenizer_kind` is loaded from `tokenizer_path` or built from the
+    train split only (`vocab_size` ids, for bpe/sentencepiece).
+    Not cached: tokenizing tiny_shakespeare takes ~10 ms (char) to ~1 s (bpe).
     """
     splits = load_text_splits(dataset, manual_dir=manual_dir, data_dir=data_dir)
     if tokenizer is None:
-        tokenizer = build_tokenizer(tokenizer_kind, splits["train"])
+        tokenizer = build_tokenizer(tokenizer_kind, splits["train"], vocab_size=vocab_size, path=tokenizer_path)
     elif tokenizer.name != tokenizer_kind:
         raise ValueError(
             f"Given tokenizer is {tokenizer.name!r} but tokenizer_kind is {tokenizer_kind!r}; "

@@ -1,0 +1,1 @@
+"""Ablation tooling: `python -m experiments.sweep` (see experiments/README.md)."""
