@@ -1,7 +1,7 @@
 """nanoGPT's GPU recipe on tiny Shakespeare (char level): 6 layers, 6 heads, 384 embd, block 256, batch 64.
 
 Run:      python -m gpt_jax.main --config=configs/shakespeare_char.py --workdir=runs/shk
-Time:     ~14 s/step on the project's 2-core CPU (5000 steps ~ 20 h; measured with
+Time:     15-19 s/step on the project's 2-core CPU (5000 steps ~ 1 day; measured with
           `python -m benchmarks.train_throughput --config=configs/shakespeare_char.py --steps=3`);
           minutes on one GPU.
 Expect:   val loss ~1.47 at step 5000 (nanoGPT's README figure for this recipe; not reproduced here).
