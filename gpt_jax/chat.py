@@ -145,7 +145,7 @@ class ChatSession:
             return "(history cleared)"
         if name == "system":
             self.system, self.turns = arg.strip(), []
-            return f"(system prompt set; history cleared)"
+            return "(system prompt set; history cleared)"
         if name == "params":
             for kv in arg.split():
                 key, eq, value = kv.partition("=")

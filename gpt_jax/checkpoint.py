@@ -53,6 +53,11 @@ def abstract_like(tree: PyTree) -> PyTree:
     return jax.tree.map(one, tree)
 
 
+def restore_target(abstract: PyTree, shardings: PyTree) -> PyTree:
+    """The tree :meth:`Checkpointer.restore` reads onto: ``abstract``'s shapes/dtypes placed per ``shardings``."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
 class Checkpointer:
     """Periodic, atomic, optionally asynchronous checkpoints of a pytree + JSON metadata.
 

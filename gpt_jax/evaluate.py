@@ -8,27 +8,25 @@ Reads the run's saved config.json, so it needs nothing else; prints one JSON lin
 from __future__ import annotations
 
 import json
-import pathlib
 import sys
 
 import ml_collections
 
 
 def evaluate_workdir(workdir: str, eval_batches: int | None = None) -> dict:
-    from gpt_jax.checkpoint import Checkpointer, checkpoint_dir
-    from gpt_jax.trainer import Trainer, restore_or_init
+    from gpt_jax.checkpoint import Checkpointer, checkpoint_dir, restore_target
+    from gpt_jax.trainer import Trainer
+    from gpt_jax.workdir import read_run_file
 
-    path = pathlib.Path(workdir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; --workdir must be a directory written by gpt_jax.main")
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = ml_collections.ConfigDict(read_run_file(workdir, "config.json"))
     if eval_batches:
         config.train.eval_batches = eval_batches
     tr = Trainer(config, workdir, write=False)
-    ckpt = Checkpointer(checkpoint_dir(workdir), save_every=0, read_only=True)
-    if ckpt.latest_step() is None:
-        raise FileNotFoundError(f"no complete checkpoint in {checkpoint_dir(workdir)}")
-    state, meta = restore_or_init(ckpt, tr.model_cfg, tr.tx, config.seed, tr.abstract, tr.shardings)
+    with Checkpointer(checkpoint_dir(workdir), save_every=0, read_only=True) as ckpt:
+        latest = ckpt.latest_step()
+        if latest is None:
+            raise FileNotFoundError(f"no complete checkpoint in {checkpoint_dir(workdir)}")
+        state, meta = ckpt.restore(restore_target(tr.abstract, tr.shardings), latest)
     loss = tr.evaluate(state.params)
     tokens = config.train.eval_batches * config.train.batch_size * tr.model_cfg.block_size
     return {"step": meta["step"], "val_loss": loss, "eval_tokens": tokens}

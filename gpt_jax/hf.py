@@ -471,10 +471,10 @@ def import_workdir(
 def export_workdir(workdir: str | pathlib.Path, hf_dir: str | pathlib.Path) -> dict[str, Any]:
     """A gpt_jax workdir's latest checkpoint -> an HF GPT-2 folder."""
     from gpt_jax.checkpoint import Checkpointer, checkpoint_dir
-    from gpt_jax.workdir import load_run
+    from gpt_jax.workdir import load_run, read_run_file
 
     workdir = pathlib.Path(workdir)
-    check_exportable(ModelConfig(**read_json(workdir / "model_config.json")))  # before the (slow) restore
+    check_exportable(ModelConfig(**read_run_file(workdir, "model_config.json")))  # before the (slow) restore
     ckpt = Checkpointer(checkpoint_dir(workdir), save_every=0, read_only=True)
     step = ckpt.latest_step()  # None: load_run says there is no checkpoint
     ckpt.close()

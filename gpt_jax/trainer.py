@@ -19,7 +19,7 @@ import tqdm
 from gpt_jax import data as data_lib
 from gpt_jax import flops, run_config
 from gpt_jax import sharding as shd
-from gpt_jax.checkpoint import Checkpointer, checkpoint_dir, install_sigterm_handler
+from gpt_jax.checkpoint import Checkpointer, checkpoint_dir, install_sigterm_handler, restore_target
 from gpt_jax.config import ModelConfig, model_config_from
 from gpt_jax.generate import generate
 from gpt_jax.metrics import MetricWriter
@@ -53,9 +53,7 @@ def restore_or_init(ckpt: Checkpointer, model_cfg: ModelConfig, tx, seed: int, a
     latest = ckpt.latest_step()
     if latest is None:
         return create_train_state(model_cfg, tx, seed, shardings), None
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    state, meta = ckpt.restore(target, latest)
-    return state, meta
+    return ckpt.restore(restore_target(abstract, shardings), latest)
 
 
 class Trainer:

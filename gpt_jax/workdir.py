@@ -17,22 +17,25 @@ from gpt_jax import sharding as shd
 from gpt_jax.config import ModelConfig
 
 
+def read_run_file(workdir, name: str) -> dict:
+    """`<workdir>/<name>` parsed, or one clear error if the run never wrote it."""
+    path = pathlib.Path(workdir) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; --workdir must be a directory written by gpt_jax.main")
+    return json.loads(path.read_text())
+
+
 def load_run(workdir, *, step: int | None = None, mesh=None) -> tuple[ml_collections.ConfigDict, ModelConfig, Any, Any]:
     """(config, model_config, params, tokenizer) of the run in `workdir`, params from checkpoint `step`
     (default: the latest) placed on `mesh` (default: one device) per gpt_jax.sharding's rules."""
-    from gpt_jax.checkpoint import Checkpointer, checkpoint_dir
+    from gpt_jax.checkpoint import Checkpointer, checkpoint_dir, restore_target
     from gpt_jax.data import load_tokenizer
     from gpt_jax.optim import make_optimizer
     from gpt_jax.train import state_shardings
 
     workdir = pathlib.Path(workdir)
-    for name in ("config.json", "model_config.json"):
-        if not (workdir / name).is_file():
-            raise FileNotFoundError(
-                f"{workdir / name} not found; --workdir must be a directory written by gpt_jax.main"
-            )
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    model_config = ModelConfig(**json.loads((workdir / "model_config.json").read_text()))
+    config = ml_collections.ConfigDict(read_run_file(workdir, "config.json"))
+    model_config = ModelConfig(**read_run_file(workdir, "model_config.json"))
     tokenizer = load_tokenizer(workdir)
     ckpt = Checkpointer(checkpoint_dir(workdir), save_every=0, read_only=True)
     try:
@@ -44,8 +47,7 @@ def load_run(workdir, *, step: int | None = None, mesh=None) -> tuple[ml_collect
         # The checkpoint holds the whole TrainState: restore it as saved, keep the params.
         tx, _ = make_optimizer(config.optim, config.train.num_steps)
         abstract, shardings = state_shardings(model_config, tx, mesh)
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-        state, _ = ckpt.restore(target, step)
+        state, _ = ckpt.restore(restore_target(abstract, shardings), step)
     finally:
         ckpt.close()
     return config, model_config, state.params, tokenizer

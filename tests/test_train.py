@@ -25,7 +25,7 @@ from flax import traverse_util
 from configs.base import base_config
 from gpt_jax import sharding as shd
 from gpt_jax import trainer as trainer_lib
-from gpt_jax.checkpoint import Checkpointer, checkpoint_dir
+from gpt_jax.checkpoint import Checkpointer, checkpoint_dir, restore_target
 from gpt_jax.config import ModelConfig
 from gpt_jax.metrics import read_metrics
 from gpt_jax.optim import decay_mask, make_optimizer
@@ -369,11 +369,8 @@ def test_train_and_evaluate_outputs(tiny_run):
 
 def restore_final(config, workdir, step):
     tr = trainer_lib.Trainer(config, workdir, write=False)  # just the abstract state + shardings
-    target = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tr.abstract, tr.shardings
-    )
     with Checkpointer(checkpoint_dir(workdir), save_every=0, read_only=True) as ckpt:
-        return ckpt.restore(target, step)
+        return ckpt.restore(restore_target(tr.abstract, tr.shardings), step)
 
 
 def test_resume_after_sigterm_is_bitwise_identical(tiny_run, tmp_path, monkeypatch):
