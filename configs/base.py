@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.optim = ml_collections.ConfigDict()
     o = c.optim
-    o.name = "adamw"               # adamw | lion | sgd
+    o.name = "adamw"               # adamw | lion | muon (optax.contrib, Adam on embeddings) | sgd
     o.lr = 1e-3
     o.min_lr = 1e-4
     o.warmup_steps = 100

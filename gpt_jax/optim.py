@@ -9,6 +9,7 @@ import optax
 from flax import traverse_util
 
 SCHEDULES = ("cosine", "linear", "constant")
+OPTIMIZERS = ("adamw", "lion", "muon", "sgd")
 
 
 def make_schedule(optim: Mapping[str, Any], num_steps: int) -> optax.Schedule:
@@ -42,6 +43,31 @@ def decay_mask(params, decay_embeddings: bool = False):
     return traverse_util.unflatten_dict({k: decays(k, v) for k, v in flat.items()})
 
 
+def muon_dims(params):
+    """Muon's view of each hidden kernel as a (fan_in, fan_out) matrix; None (Adam) for the rest.
+
+    q/k/v kernels are [D, H, K] (in: D), the attention out_kernel [H, K, D] (in: H*K), MLP kernels 2-D.
+    Embeddings and the untied head stay on Adam, as in modded-nanogpt.
+    """
+    from optax.contrib import MuonDimensionNumbers
+
+    flat = traverse_util.flatten_dict(params)
+
+    def dims(path, leaf):
+        name = path[-1]
+        if name in ("wte", "wpe", "lm_head") or not name.endswith("kernel"):
+            return None
+        stacked = 1 if leaf.ndim >= 3 and "h" in path else 0  # scan_layers: leading layer axis
+        nd = leaf.ndim - stacked
+        if nd == 2:
+            return MuonDimensionNumbers(reduction_axis=stacked, output_axis=stacked + 1)
+        if name == "out_kernel":
+            return MuonDimensionNumbers(reduction_axis=(stacked, stacked + 1), output_axis=stacked + 2)
+        return MuonDimensionNumbers(reduction_axis=stacked, output_axis=(stacked + 1, stacked + 2))
+
+    return traverse_util.unflatten_dict({k: dims(k, v) for k, v in flat.items()})
+
+
 def make_optimizer(optim: Mapping[str, Any], num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     schedule = make_schedule(optim, num_steps)
     name = optim.get("name", "adamw")
@@ -52,10 +78,24 @@ def make_optimizer(optim: Mapping[str, Any], num_steps: int) -> tuple[optax.Grad
         opt = optax.adamw(schedule, b1=b1, b2=b2, eps=float(optim.get("eps", 1e-8)), weight_decay=wd, mask=mask)
     elif name == "lion":
         opt = optax.lion(schedule, b1=b1, b2=b2, weight_decay=wd, mask=mask)
+    elif name == "muon":
+        # Orthogonalised momentum on the hidden matmul kernels, AdamW on embeddings/head/norms/biases.
+        # consistent_rms=0.2 scales Muon updates to AdamW's RMS, so one optim.lr serves both.
+        opt = optax.contrib.muon(
+            schedule,
+            beta=b1 if b1 > 0.9 else 0.95,
+            weight_decay=wd,
+            weight_decay_mask=mask,
+            adam_b1=b1,
+            adam_b2=b2,
+            adam_weight_decay=wd,
+            muon_weight_dimension_numbers=muon_dims,
+            consistent_rms=0.2,
+        )
     elif name == "sgd":
         opt = optax.chain(optax.add_decayed_weights(wd, mask), optax.sgd(schedule, momentum=b1))
     else:
-        raise ValueError(f"optim.name={name!r} is not one of ('adamw', 'lion', 'sgd')")
+        raise ValueError(f"optim.name={name!r} is not one of {OPTIMIZERS}")
     clip = optim.get("clip")
     if clip:
         opt = optax.chain(optax.clip_by_global_norm(float(clip)), opt)
