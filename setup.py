@@ -25,6 +25,8 @@ INSTALL_REQUIRES = [
 # build these machines carry (2.13.0+cpu satisfies ==2.13.0 and sorts above PyPI's CUDA 2.13.0).
 HF = ["transformers>=5.23.0", "torch==2.13.0"]
 SENTENCEPIECE = ["sentencepiece>=0.2.3"]
+# tests/test_notebooks.py executes colab/*.ipynb in a python3 kernel.
+NOTEBOOKS = ["nbclient>=0.11.0", "nbformat>=5.11.1", "ipykernel>=7.4.0"]
 
 setup(
     name="gpt_jax",
@@ -34,7 +36,7 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5"] + HF + SENTENCEPIECE,
+        "dev": ["pytest>=8", "pytest-xdist>=3.5"] + NOTEBOOKS + HF + SENTENCEPIECE,
         "hf": HF,
         "sentencepiece": SENTENCEPIECE,
         # TFDS's built-in datasets (tiny_shakespeare, c4, ...) need TensorFlow to prepare/read.

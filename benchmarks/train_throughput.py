@@ -19,9 +19,11 @@ import jax
 
 
 def measure(config, steps: int, rounds: int = 3) -> dict:
+    """Median seconds per step over `rounds` timed rounds of ~steps/rounds steps each, after one
+    compiling call; also the model's FLOP rate, MFU against the device peak, and the train state size."""
     from gpt_jax import flops
-    from gpt_jax.trainer import Trainer
     from gpt_jax.train import create_train_state
+    from gpt_jax.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as workdir:
         tr = Trainer(config, workdir)
@@ -32,6 +34,7 @@ def measure(config, steps: int, rounds: int = 3) -> dict:
         state, m = tr.run_steps(state, 0, k)  # compile + first call
         jax.block_until_ready(m)
         compile_s = time.perf_counter() - t0
+        state_bytes = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))  # params + optimizer state
         per_round = max(1, steps // k // rounds)
         times = []
         step = k
@@ -57,6 +60,11 @@ def measure(config, steps: int, rounds: int = 3) -> dict:
         "compile_s": compile_s,
         "devices": jax.device_count(),
         "dtype": cfg.dtype,
+        "shape": f"{cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd}D",
+        "n_params": sum(x.size for x in jax.tree.leaves(state.params)),
+        "batch_size": t.batch_size,
+        "block_size": cfg.block_size,
+        "state_bytes": state_bytes,
         "steps_per_call": k,
         "timed_steps": len(times) * per_round * k,
     }

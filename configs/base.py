@@ -92,6 +92,38 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep = 2
     c.checkpoint.async_save = True
 
+    # What is trained (gpt_jax.tasks): "lm" = pretraining; "classify" / "sft" = fine-tuning (gpt_jax.finetune).
+    c.objective = "causal"          # lm only: causal | fim | mlm | prefix_lm (gpt_jax.objectives)
+    c.init_from = NONE_STR()         # fine-tuning: a gpt_jax workdir or a Hugging Face GPT-2 folder (params only)
+
+    c.task = ml_collections.ConfigDict()
+    c.task.name = "lm"             # lm | classify | sft
+    c.task.dataset = NONE_STR()      # classify: a labelled dataset (e.g. "sst2"); sft: a JSONL path or known name
+    c.task.pooling = "last"        # classify: last (last non-pad token) | mean
+    c.task.max_len = NONE_INT()      # tokens per example (None: model.block_size)
+    c.task.template = "plain"      # sft: chat template (gpt_jax.chat): plain | chatml
+    c.task.packing = True          # sft: several examples per row, attention kept within each
+    c.task.early_stop_metric = NONE_STR()  # e.g. "val_accuracy" (higher is better) or "val_loss"
+    c.task.patience = 0            # evals without improvement before stopping; 0 = never stop early
+
+    c.peft = ml_collections.ConfigDict()
+    p = c.peft
+    p.method = "full"              # full | frozen | lora | adalora | adapters | prefix
+    p.targets = "attn/(query|key|value|out_kernel)"  # lora/adalora: regex over param paths ("h_0/attn/query/kernel")
+    p.rank = 8                     # lora rank; adalora: initial rank per matrix
+    p.alpha = 16.0                 # lora/adalora scale alpha / rank
+    p.dropout = 0.0
+    p.target_rank = 4              # adalora: average rank per matrix at the end of the budget schedule
+    p.init_warmup = 0.1            # adalora: fraction of steps before pruning starts
+    p.final_warmup = 0.3           # adalora: fraction of steps at the end with the final budget
+    p.mask_interval = 10           # adalora: steps between budget updates
+    p.beta1 = 0.85                 # adalora: EMA of sensitivity
+    p.beta2 = 0.85                 # adalora: EMA of uncertainty
+    p.orth_reg = 0.1               # adalora: weight of ||P^T P - I||^2 + ||Q Q^T - I||^2
+    p.adapter_dim = 16             # adapters: bottleneck width
+    p.prefix_len = 8               # prefix tuning: trainable key/value slots per layer
+    p.prefix_hidden = 0            # prefix tuning: >0 reparameterises the prefix through an MLP this wide
+
     c.sample = ml_collections.ConfigDict()
     c.sample.num_tokens = 200      # printed at the end of training; 0 to skip
     c.sample.prompt = "\n"

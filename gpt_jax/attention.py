@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
 from gpt_jax.kv_cache import K_AXES, V_AXES
-from gpt_jax.layers import apply_rope, matmul, normal
+from gpt_jax.layers import Dense, apply_rope, matmul, normal
 
 
 def causal_mask(q_len: int, kv_len: int) -> jax.Array:
@@ -17,10 +17,11 @@ def causal_mask(q_len: int, kv_len: int) -> jax.Array:
     return q_pos >= jnp.arange(kv_len)[None, :]
 
 
-def einsum_attention(q_BxHxLxK, k_BxGxSxK, v_BxGxSxK, mask_BxLxS, dtype) -> jax.Array:
+def einsum_attention(q_BxHxLxK, k_BxGxSxK, v_BxGxSxK, mask_BxLxS, dtype, return_weights: bool = False):
     """Reference attention: explicit scores, float32 softmax. Also the fastest path on CPU.
 
     Heads-first layouts throughout, so XLA needs no transposes between the three einsums.
+    return_weights: also return the probabilities p_BxHxLxS (float32).
     """
     b, h, l, d = q_BxHxLxK.shape
     g = k_BxGxSxK.shape[1]
@@ -33,7 +34,10 @@ def einsum_attention(q_BxHxLxK, k_BxGxSxK, v_BxGxSxK, mask_BxLxS, dtype) -> jax.
     o_BxGxRxLxK = jnp.einsum(
         "bgrls,bgsk->bgrlk", p_BxGxRxLxS.astype(dtype), v_BxGxSxK.astype(dtype), preferred_element_type=jnp.float32
     )
-    return o_BxGxRxLxK.reshape(b, h, l, d)
+    o_BxHxLxK = o_BxGxRxLxK.reshape(b, h, l, d)
+    if return_weights:
+        return o_BxHxLxK, p_BxGxRxLxS.reshape(b, h, l, -1)
+    return o_BxHxLxK
 
 
 def dot_product_attention(q_BxHxLxK, k_BxGxSxK, v_BxGxSxK, mask_BxLxS, dtype) -> jax.Array:
@@ -79,6 +83,52 @@ def write_cache(kv, k_BxGxLxK, v_BxGxLxK, index, o_BxHxLxK):
     kt_BxGxKxS = jax.lax.dynamic_update_slice(kv[0], kt_BxGxLxK, (0, 0, 0, index))
     v_BxGxSxK = jax.lax.dynamic_update_slice(kv[1], (v_BxGxLxK + after_Bx1xLx1).astype(kv[1].dtype), (0, 0, index, 0))
     return nn.with_logical_constraint(kt_BxGxKxS, K_AXES), nn.with_logical_constraint(v_BxGxSxK, V_AXES)
+
+
+def with_prefix(k_BxGxLxK, v_BxGxLxK, mask_BxLxT, pk_GxPxK, pv_GxPxK, at: int):
+    """The P prefix slots put before the new keys/values, and as P always-True mask columns at `at`
+    (0 without a cache; S, between the cached slots and the new tokens, with one)."""
+    b = k_BxGxLxK.shape[0]
+    expand = lambda p_GxPxK, x: jnp.broadcast_to(p_GxPxK.astype(x.dtype)[None], (b, *p_GxPxK.shape))
+    k_BxGxQxK = jnp.concatenate([expand(pk_GxPxK, k_BxGxLxK), k_BxGxLxK], axis=2)
+    v_BxGxQxK = jnp.concatenate([expand(pv_GxPxK, v_BxGxLxK), v_BxGxLxK], axis=2)
+    l, p = mask_BxLxT.shape[1], pk_GxPxK.shape[1]
+    always_BxLxP = jnp.ones((b, l, p), bool)
+    mask_BxLxU = jnp.concatenate([mask_BxLxT[..., :at], always_BxLxP, mask_BxLxT[..., at:]], axis=-1)
+    return k_BxGxQxK, v_BxGxQxK, mask_BxLxU
+
+
+class Prefix(nn.Module):
+    """Prefix tuning (Li & Liang 2021): P trainable key/value slots per layer -> (pk_GxPxK, pv_GxPxK).
+
+    prefix_hidden = 0: the slots are parameters (prefix_key, prefix_value). prefix_hidden > 0: they
+    are an MLP (tanh) of a per-layer prefix_embed [P, D], the reparameterisation the paper found
+    trains more stably; `gpt_jax.peft.prefix.fold` turns a trained one into direct slots.
+    Init N(0, 1), as Hugging Face PEFT's prefix embedding. Slots carry no position (no rope).
+    """
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self):
+        cfg = self.cfg
+        g, p, k = cfg.kv_heads, cfg.prefix_len, cfg.head_dim
+
+        def param(name, axes, shape, std=1.0):
+            return self.param(name, nn.with_logical_partitioning(normal(std), axes), shape, cfg.params_dtype)
+
+        if not cfg.prefix_hidden:
+            # Small slots: N(0, 1) keys/values (HF PEFT's embedding init) swamp a small base's attention
+            # at step 0 and SST-2 prefix tuning then stayed at chance; 0.02 starts near the base.
+            pk_GxPxK = param("prefix_key", ("kv_heads", None, "head_dim"), (g, p, k), 0.02)
+            pv_GxPxK = param("prefix_value", ("kv_heads", None, "head_dim"), (g, p, k), 0.02)
+            return pk_GxPxK.astype(jnp.float32), pv_GxPxK.astype(jnp.float32)
+        embed_PxD = param("prefix_embed", (None, "embed"), (p, cfg.n_embd))
+        fc = Dense((cfg.prefix_hidden,), ("embed", None), cfg, use_bias=True, name="prefix_fc")
+        proj = Dense((2, g, k), (None, None, "kv_heads", "head_dim"), cfg, use_bias=True, name="prefix_proj")
+        kv_PxTxGxK = proj(jnp.tanh(fc(embed_PxD)))  # T = 2: keys, values
+        kv_TxGxPxK = jnp.transpose(kv_PxTxGxK, (1, 2, 0, 3))
+        return kv_TxGxPxK[0], kv_TxGxPxK[1]
 
 
 def resolve_attention(name: str) -> str:
@@ -139,11 +189,27 @@ class CausalSelfAttention(nn.Module):
         if cfg.pos == "rope":
             q_BxHxLxK = apply_rope(q_BxHxLxK, positions_BxL, cfg.rope_theta)
             k_BxGxLxK = apply_rope(k_BxGxLxK, positions_BxL, cfg.rope_theta)
-        attend = einsum_attention if resolve_attention(cfg.attention) == "einsum" else dot_product_attention
-        if kv is None or mask_BxLxT.shape[-1] == x_BxLxD.shape[1]:  # no cache, or nothing cached yet
-            o_BxHxLxK = attend(q_BxHxLxK, k_BxGxLxK, v_BxGxLxK, mask_BxLxT, cfg.compute_dtype)
-        else:
-            o_BxHxLxK = cached_attention(q_BxHxLxK, k_BxGxLxK, v_BxGxLxK, *kv, mask_BxLxT, cfg.compute_dtype)
+        fresh = kv is None or mask_BxLxT.shape[-1] == x_BxLxD.shape[1]  # no cache, or nothing cached yet
+        ks_BxGxQxK, vs_BxGxQxK, mask_BxLxU = k_BxGxLxK, v_BxGxLxK, mask_BxLxT  # the keys attended, with the prefix
+        if cfg.prefix_len:
+            at = 0 if fresh else mask_BxLxT.shape[-1] - x_BxLxD.shape[1]
+            ks_BxGxQxK, vs_BxGxQxK, mask_BxLxU = with_prefix(
+                k_BxGxLxK, v_BxGxLxK, mask_BxLxT, *Prefix(cfg, name="prefix")(), at
+            )
+        # Attention maps (gpt_jax.attention_maps): only when the caller made 'intermediates' mutable,
+        # and then on the einsum path whatever cfg.attention says (fused kernels never form them).
+        sow = kv is None and self.is_mutable_collection("intermediates")
+        if fresh and (sow or resolve_attention(cfg.attention) == "einsum"):
+            o_BxHxLxK = einsum_attention(
+                q_BxHxLxK, ks_BxGxQxK, vs_BxGxQxK, mask_BxLxU, cfg.compute_dtype, return_weights=sow
+            )
+            if sow:  # p_BxHxLxU: keys = [prefix slots, real keys]
+                o_BxHxLxK, p_BxHxLxU = o_BxHxLxK
+                self.sow("intermediates", "attention_weights", p_BxHxLxU)
+        elif fresh:
+            o_BxHxLxK = dot_product_attention(q_BxHxLxK, ks_BxGxQxK, vs_BxGxQxK, mask_BxLxU, cfg.compute_dtype)
+        else:  # the prefix rides with the new tokens: they are not cached, the cache stays real keys only
+            o_BxHxLxK = cached_attention(q_BxHxLxK, ks_BxGxQxK, vs_BxGxQxK, *kv, mask_BxLxU, cfg.compute_dtype)
         if kv is not None:
             kv = write_cache(kv, k_BxGxLxK, v_BxGxLxK, index, o_BxHxLxK)
         o_BxHxLxK = nn.with_logical_constraint(o_BxHxLxK, ("batch", "heads", "length", "head_dim"))

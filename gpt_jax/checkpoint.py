@@ -20,6 +20,8 @@ Orbax 0.12.8 facts this module relies on (checked against the installed source):
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import signal
@@ -156,6 +158,11 @@ class Checkpointer:
         steps = self.steps()
         return steps[-1] if steps else None
 
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The JSON metadata saved with ``step`` (no arrays are read)."""
+        out = self._mgr.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"])
+
     def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
         """Restore ``(state, meta)`` from ``step`` (default: latest complete one).
 
@@ -176,14 +183,32 @@ class Checkpointer:
         if missing:
             # Orbax would silently fall back to a single device; make the caller choose.
             raise ValueError(f"abstract_state leaves without a sharding: {missing[:5]}")
-        out = self._mgr.restore(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
+        try:
+            out = self._mgr.restore(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
+        except ValueError as e:
+            legacy = _without_empty_frozen(abstract_state)
+            if legacy is None or "frozen" not in str(e):
+                raise
+            # Written before TrainState had `frozen` (always empty for pretraining): restore the rest.
+            out = self._mgr.restore(
+                int(step),
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(legacy), meta=ocp.args.JsonRestore()),
+            )
+            out = {"state": abstract_state.replace(**out["state"], frozen={}), "meta": out["meta"]}
         return out["state"], dict(out["meta"])
+
+
+def _without_empty_frozen(state: PyTree) -> dict | None:
+    """A TrainState with an empty `frozen` as the dict of its other fields; None for anything else."""
+    if not (dataclasses.is_dataclass(state) and getattr(state, "frozen", None) == {}):
+        return None
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "frozen"}
 
 
 # ------------------------------------------------------------------ preemption

@@ -1,4 +1,4 @@
-"""Evaluate a run's latest checkpoint on its validation split.
+"""Evaluate a run's latest checkpoint on its validation split (val_loss; classifiers add val_accuracy).
 
   python -m gpt_jax.evaluate --workdir=runs/shakespeare_char_cpu [--eval_batches=200]
 
@@ -27,9 +27,11 @@ def evaluate_workdir(workdir: str, eval_batches: int | None = None) -> dict:
         if latest is None:
             raise FileNotFoundError(f"no complete checkpoint in {checkpoint_dir(workdir)}")
         state, meta = ckpt.restore(restore_target(tr.abstract, tr.shardings), latest)
-    loss = tr.evaluate(state.params)
-    tokens = config.train.eval_batches * config.train.batch_size * tr.model_cfg.block_size
-    return {"step": meta["step"], "val_loss": loss, "eval_tokens": tokens}
+    metrics = tr.evaluate(state.params, state.frozen)
+    out = {"step": meta["step"], **metrics}
+    if tr.task.name == "lm":
+        out["eval_tokens"] = config.train.eval_batches * config.train.batch_size * tr.model_cfg.block_size
+    return out
 
 
 def main(argv: list[str]) -> int:

@@ -112,6 +112,12 @@ def check_exportable(cfg: ModelConfig) -> None:
             f"model.n_kv_head={cfg.n_kv_head} (grouped-query attention) has no GPT-2 equivalent; "
             "only runs with n_kv_head unset can be exported"
         )
+    for field in ("adapter_dim", "prefix_len"):
+        if getattr(cfg, field):
+            raise HFError(
+                f"model.{field}={getattr(cfg, field)} (adapters / prefix tuning) has no GPT-2 equivalent; "
+                "export the base model (or merge LoRA into it) instead"
+            )
 
 
 def hf_config_from(cfg: ModelConfig, eos_id: int | None = None) -> dict[str, Any]:

@@ -107,6 +107,24 @@ class MLP(nn.Module):
         return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
 
 
+class Adapter(nn.Module):
+    """Houlsby et al. 2019 bottleneck adapter: y + up(gelu(down(y))).
+
+    `up` starts at zero, so a fresh adapter is the identity and a model with new adapters computes
+    exactly what its base did; training then moves only the small bottleneck.
+    """
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, y_BxLxD):
+        cfg = self.cfg
+        h_BxLxA = Dense((cfg.adapter_dim,), ("embed", None), cfg, use_bias=True, name="down")(y_BxLxD)
+        h_BxLxA = nn.gelu(h_BxLxA, approximate=True)
+        up = Dense((cfg.n_embd,), (None, "embed"), cfg, kernel_init=nn.initializers.zeros, use_bias=True, name="up")
+        return y_BxLxD + up(h_BxLxA)
+
+
 def sinusoidal_positions(length: int, dim: int, dtype=jnp.float32) -> jax.Array:
     """Fixed sin/cos table of Vaswani et al. 2017, shape [length, dim]."""
     pos = jnp.arange(length, dtype=jnp.float32)[:, None]

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from gpt_jax.attention import CausalSelfAttention, causal_mask
 from gpt_jax.config import ModelConfig
-from gpt_jax.layers import MLP, Norm, matmul, normal, sinusoidal_positions
+from gpt_jax.layers import MLP, Adapter, Norm, matmul, normal, sinusoidal_positions
 
 
 class Block(nn.Module):
@@ -25,9 +25,14 @@ class Block(nn.Module):
             y_BxLxD = attn(h, positions_BxL, mask_BxLxS, deterministic)
         else:
             y_BxLxD, kv = attn(h, positions_BxL, mask_BxLxS, deterministic, kv, index)
+        if self.cfg.adapter_dim:  # Houlsby: on each sublayer's output, before its residual add
+            y_BxLxD = Adapter(self.cfg, name="adapter_attn")(y_BxLxD)
         x_BxLxD = x_BxLxD + y_BxLxD
         h = Norm(self.cfg, name="ln_2")(x_BxLxD)
-        x_BxLxD = x_BxLxD + MLP(self.cfg, name="mlp")(h, deterministic)
+        y_BxLxD = MLP(self.cfg, name="mlp")(h, deterministic)
+        if self.cfg.adapter_dim:
+            y_BxLxD = Adapter(self.cfg, name="adapter_mlp")(y_BxLxD)
+        x_BxLxD = x_BxLxD + y_BxLxD
         return x_BxLxD if kv is None else (x_BxLxD, kv)
 
 
@@ -55,14 +60,27 @@ class GPT(nn.Module):
     Decoding: pass `cache` (gpt_jax.kv_cache.KVCache), positions and a mask over [cached slots, new
     tokens] (see CausalSelfAttention); returns (logits, updated cache). Without positions/mask the
     rows are taken as unpadded and continuing at slot cache.index. `last_only` computes the logits of
-    the last position only (a prefill needs no others).
+    the last position only (a prefill needs no others). `features` returns the final hidden states
+    x_BxLxD (after ln_f, float32) instead of logits, for task heads.
+
+    Attention maps: `apply(..., mutable=['intermediates'])` (no cache) also returns, per layer,
+    intermediates/h_{i}/attn/attention_weights = (p_BxHxLxS,) (float32; with a prefix the first
+    prefix_len key columns are its slots); with scan_layers, h/block/attn/attention_weights with a
+    leading layer axis.
     """
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(
-        self, ids_BxL, positions_BxL=None, mask_BxLxS=None, deterministic: bool = True, cache=None, last_only=False
+        self,
+        ids_BxL,
+        positions_BxL=None,
+        mask_BxLxS=None,
+        deterministic: bool = True,
+        cache=None,
+        last_only=False,
+        features: bool = False,
     ):
         cfg = self.cfg
         b, l = ids_BxL.shape
@@ -101,7 +119,7 @@ class GPT(nn.Module):
             cached = (0, nn.broadcast) if cache is not None else ()  # the cache is scanned over its layer axis
             stack = nn.scan(
                 _remat(ScannedBlock, cfg.remat, static_argnums=(4,)),
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "intermediates": 0},  # per-layer attention maps stack too
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast) + cached,
                 length=cfg.n_layer,
@@ -130,6 +148,9 @@ class GPT(nn.Module):
         if last_only:
             x_BxLxD = x_BxLxD[:, -1:]
         x_BxLxD = Norm(cfg, name="ln_f")(x_BxLxD)
+        if features:
+            x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
+            return x_BxLxD if cache is None else (x_BxLxD, cache.replace(index=cache.index + l))
         if cfg.tie_embeddings:
             logits_BxLxV = matmul("bld,vd->blv", x_BxLxD, wte, cfg)
         else:

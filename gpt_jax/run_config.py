@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import json
@@ -18,7 +19,10 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     file = pathlib.Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"config file {path!r} not found; pass --config=configs/<name>.py")
-    root = str(file.resolve().parent.parent)  # so `from configs.base import ...` works from anywhere
+    # The folder holding the `configs` package, so `from configs.base import ...` works from anywhere
+    # (configs/x.py and configs/finetune/x.py alike).
+    parents = file.resolve().parents
+    root = str(next((d.parent for d in parents if d.name == "configs"), parents[1]))
     if root not in sys.path:
         sys.path.insert(0, root)
     spec = importlib.util.spec_from_file_location(f"_gpt_jax_config_{file.stem}", file)
@@ -104,10 +108,17 @@ def apply_cpu_devices(config: ml_collections.ConfigDict) -> None:
 def check_and_save(
     workdir: pathlib.Path, config: ml_collections.ConfigDict, model_fields: dict, *, save: bool = True
 ) -> None:
-    """Refuse to resume a workdir whose saved model differs from the requested one; save the config."""
+    """Refuse to resume a workdir whose saved model differs from the requested one; save the config.
+
+    A field the saved file lacks (written before the field existed) counts as its ModelConfig
+    default, so adding a field with a behaviour-preserving default keeps old workdirs resumable.
+    """
     saved = workdir / "model_config.json"
     if saved.exists():
-        before = json.loads(saved.read_text())
+        from gpt_jax.config import ModelConfig  # here: this module is imported before jax starts
+
+        defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+        before = {**{k: defaults.get(k) for k in model_fields}, **json.loads(saved.read_text())}
         diff = {k: (before.get(k), v) for k, v in model_fields.items() if before.get(k) != v}
         if diff:
             ((key, (old, new)),) = list(diff.items())[:1]

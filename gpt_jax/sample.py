@@ -7,7 +7,18 @@
 Defaults for temperature and top_k come from the run's config.sample. Past the model's block_size
 (learned/sinusoidal positions) the window slides: the last block_size // 2 tokens are re-encoded.
 A tokenizer with an `eos_id` stops there. With --num_samples > 1 the samples are generated as one
-batch and printed one after another, separated by a line of dashes.
+batch and printed one after another, separated by a line of dashes. Sentinel ids of the run's
+objective (fim, mlm: ids past the tokenizer's vocabulary) are never sampled.
+
+Infilling (runs trained with objective='fim' only):
+
+  python -m gpt_jax.sample --workdir=W --infill_prefix="But soft, what " --infill_suffix=" is the sun."
+
+prompts `<PRE> prefix <SUF> suffix <MID>` and generates the middle until the EOT sentinel (or
+max_new_tokens, capped to the room left in the block). Each sample prints two parts:
+  the filled text, prefix + middle + suffix (as many lines as it has), then
+  one line `middle: '<the middle as a Python string literal>'`, with ` (no EOT)` appended when the
+  middle was cut by max_new_tokens before the model ended it.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import argparse
 import sys
 
 SEPARATOR = "-" * 40
+MIDDLE = "middle: "  # the line that holds the infilled middle alone
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -33,14 +45,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--chunk", type=int, default=8, help="decode steps per compiled call while streaming")
+    p.add_argument("--infill_prefix", default=None, help="fim runs: text before the gap (then --prompt is unused)")
+    p.add_argument("--infill_suffix", default=None, help="fim runs: text after the gap")
     return p.parse_args(argv)
 
 
 class TextStream:
     """Prints the new text of a growing id sequence; holds back a trailing partial UTF-8 character."""
 
-    def __init__(self, decode, out=sys.stdout):
-        self.decode, self.out, self.ids, self.shown = decode, out, [], 0
+    def __init__(self, decode, out=None):
+        # sys.stdout looked up per stream, not bound at import (it may be swapped later, e.g. by pytest).
+        self.decode, self.out, self.ids, self.shown = decode, out or sys.stdout, [], 0
 
     def add(self, ids) -> None:
         self.ids += [int(i) for i in ids if i >= 0]
@@ -58,6 +73,8 @@ def run(args: argparse.Namespace) -> None:
     from gpt_jax import generate as gen
     from gpt_jax.workdir import load_run
 
+    if args.infill_prefix is not None or args.infill_suffix is not None:
+        return infill(args)
     if args.prompt == "":
         raise ValueError('--prompt is empty; give at least one character (the default is "\\n")')
     if args.num_samples < 1:
@@ -75,6 +92,8 @@ def run(args: argparse.Namespace) -> None:
         min_p=args.min_p,
         repetition_penalty=args.repetition_penalty,
         stop_ids=[eos] if eos is not None else [],
+        # ids past the tokenizer (an objective's sentinels, vocab padding) cannot be decoded: never sample them.
+        banned_ids=list(range(tok.vocab_size, cfg.vocab_size)),
         seed=args.seed,
     )
     prompts = [tok.encode(args.prompt)] * args.num_samples
@@ -99,6 +118,70 @@ def run(args: argparse.Namespace) -> None:
         print(SEPARATOR)
     for i, row in enumerate(rows):
         print(args.prompt + tok.decode([int(t) for t in row if t >= 0]))
+        if i + 1 < len(rows):
+            print(SEPARATOR)
+
+
+def infill(args: argparse.Namespace) -> None:
+    """Fill the gap between --infill_prefix and --infill_suffix (see the module docstring)."""
+    from gpt_jax import generate as gen
+    from gpt_jax import objectives
+    from gpt_jax.objectives.fim import infill_prompt, take_middle
+    from gpt_jax.workdir import load_run, read_run_file
+
+    # Checked before the (slow) checkpoint restore; runs from before `objective` existed are causal.
+    objective = read_run_file(args.workdir, "config.json").get("objective", "causal")
+    if objective != "fim":
+        raise ValueError(
+            f"--infill_prefix/--infill_suffix need a run trained with objective='fim'; {args.workdir} was "
+            f"trained with objective={objective!r} (train one with --config.objective=fim)"
+        )
+    if args.stop:
+        raise ValueError("--stop is not used with infilling; the middle ends at the EOT sentinel")
+    if args.num_samples < 1:
+        raise ValueError(f"--num_samples={args.num_samples} must be >= 1")
+    config, cfg, params, tok = load_run(args.workdir)
+    fim = objectives.get("fim", tok.vocab_size)
+    s = fim.sentinels
+    if cfg.vocab_size < tok.vocab_size + fim.extra_tokens:
+        raise ValueError(
+            f"model vocab_size={cfg.vocab_size} has no room for the fim sentinels after the tokenizer's "
+            f"{tok.vocab_size} ids (needs >= {tok.vocab_size + fim.extra_tokens}); was it trained with objective='fim'?"
+        )
+    prefix, suffix = args.infill_prefix or "", args.infill_suffix or ""
+    prompt = infill_prompt(tok.encode, prefix, suffix, s)
+    n = args.max_new_tokens
+    if cfg.pos != "rope":  # no sliding here: the window must keep <PRE> ... <MID>
+        if len(prompt) >= cfg.block_size:
+            raise ValueError(
+                f"infill prompt is {len(prompt)} tokens with sentinels; block_size={cfg.block_size} leaves no room "
+                "for the middle; shorten --infill_prefix/--infill_suffix"
+            )
+        n = min(n, cfg.block_size - len(prompt))
+    sample_cfg = config.get("sample", {})
+    temperature = args.temperature if args.temperature is not None else sample_cfg.get("temperature", 0.8)
+    top_k = args.top_k if args.top_k is not None else sample_cfg.get("top_k", None)
+    rows = gen.generate(
+        cfg,
+        params,
+        [prompt] * args.num_samples,
+        max_new_tokens=n,
+        num_beams=args.num_beams,
+        temperature=temperature,
+        top_k=top_k if args.num_beams == 1 else None,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        stop_ids=[s["EOT"]],
+        # Only text or EOT may follow <MID>: ban the other sentinels and any other id past the tokenizer.
+        banned_ids=[t for t in range(tok.vocab_size, cfg.vocab_size) if t != s["EOT"]],
+        seed=args.seed,
+    )
+    for i, row in enumerate(rows):
+        ids, ended = take_middle(row, s["EOT"])
+        middle = tok.decode(ids)
+        print(prefix + middle + suffix)
+        print(MIDDLE + repr(middle) + ("" if ended else " (no EOT)"))
         if i + 1 < len(rows):
             print(SEPARATOR)
 

@@ -257,3 +257,17 @@ def test_async_save_then_wait(tmp_path):
         assert (tmp_path / "1" / "commit_success.txt").is_file()  # the marker steps() trusts
         restored, _ = ckpt.restore(abstract_like(state))
     assert_bitwise_equal(restored, state)
+
+
+def test_checkpoint_from_before_trainstate_had_frozen_still_restores(tmp_path):
+    """Workdirs written before TrainState.frozen existed (a 4-field state) restore into today's state."""
+    from gpt_jax.train import TrainState
+
+    old = make_state()
+    with Checkpointer(tmp_path, save_every=1, async_save=False) as ckpt:
+        ckpt.maybe_save(1, {k: old[k] for k in ("step", "params", "opt_state", "rng")}, {"step": 1}, force=True)
+    target = TrainState(step=old["step"], params=old["params"], opt_state=old["opt_state"], rng=old["rng"])
+    with Checkpointer(tmp_path, save_every=0, read_only=True) as ckpt:
+        state, meta = ckpt.restore(abstract_like(target), 1)
+    assert meta["step"] == 1 and state.frozen == {}
+    np.testing.assert_array_equal(state.params["wte"], old["params"]["wte"])

@@ -6,20 +6,34 @@ import os
 import numpy as np
 
 from gpt_jax.data.batches import TokenBatcher, eval_batches
+from gpt_jax.data.labelled import LABELLED, encode_labelled, known_labelled, load_labelled
+from gpt_jax.data.sft import SFT_FILES, conversations, load_sft, pack, read_jsonl, render, to_conversation, unpacked
 from gpt_jax.data.sources import known_datasets, load_text_splits, resolve_manual_dir, resolve_tfds_dir
 from gpt_jax.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 
 __all__ = [
+    "LABELLED",
+    "SFT_FILES",
     "Tokenizer",
     "TokenBatcher",
     "build_tokenizer",
+    "conversations",
+    "encode_labelled",
     "eval_batches",
     "known_datasets",
+    "known_labelled",
+    "load_labelled",
+    "load_sft",
     "load_text_splits",
     "load_tokenizer",
+    "pack",
     "prepare_tokens",
+    "read_jsonl",
+    "render",
     "resolve_manual_dir",
     "resolve_tfds_dir",
+    "to_conversation",
+    "unpacked",
 ]
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import pathlib
 import shutil
+from typing import Callable, Iterable
 
 import tensorflow_datasets as tfds
 
@@ -54,20 +55,35 @@ def resolve_manual_dir(
     Only the first one set is tried: a wrong explicit path is an error, not a silent fallback.
     """
     corpus = _check_known(dataset)
+    return require_manual_files(dataset, [corpus.relative_path], manual_dir)
+
+
+def choose_manual_dir(manual_dir: str | os.PathLike | None = None) -> tuple[pathlib.Path, str]:
+    """(folder, where it came from): `manual_dir`, else $GPT_JAX_DATA_DIR, else <repo>/../shared/data."""
     if manual_dir:
         base, origin = pathlib.Path(manual_dir), "config.data.manual_dir"
     elif os.environ.get(MANUAL_DIR_ENV):
         base, origin = pathlib.Path(os.environ[MANUAL_DIR_ENV]), f"${MANUAL_DIR_ENV}"
     else:
         base, origin = _DEFAULT_MANUAL_DIR, "default <repo>/../shared/data"
-    base = base.expanduser()
-    path = base / corpus.relative_path
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Dataset {dataset!r}: file not found at {path} (data dir {base} from {origin}); "
-            f"set config.data.manual_dir or the env var {MANUAL_DIR_ENV} to the folder "
-            f"that holds {corpus.relative_path}."
-        )
+    return base.expanduser(), origin
+
+
+def require_manual_files(
+    dataset: str, relative_paths: Iterable[str], manual_dir: str | os.PathLike | None = None
+) -> pathlib.Path:
+    """The manual dir (see `choose_manual_dir`), checked to hold every one of `relative_paths`.
+
+    Shared by every dataset kept under the manual dir (text corpora, labelled sets, SFT files)."""
+    base, origin = choose_manual_dir(manual_dir)
+    for relative_path in relative_paths:
+        path = base / relative_path
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Dataset {dataset!r}: file not found at {path} (data dir {base} from {origin}); "
+                f"set config.data.manual_dir or the env var {MANUAL_DIR_ENV} to the folder "
+                f"that holds {relative_path}."
+            )
     return base
 
 
@@ -94,22 +110,33 @@ def load_text_splits(
 
 
 def _load_local(dataset: str, manual_dir: pathlib.Path, data_dir: pathlib.Path) -> dict[str, str]:
-    builder = text_builder.GptJaxText(config=dataset, data_dir=str(data_dir))
+    source_md5 = text_builder.file_md5(manual_dir / text_builder.CORPORA[dataset].relative_path)
+    builder = prepare_builder(
+        lambda: text_builder.GptJaxText(config=dataset, data_dir=str(data_dir)), manual_dir, source_md5
+    )
+    return {split: text_builder.read_split_text(builder, split) for split in SPLITS}
+
+
+def prepare_builder(
+    make_builder: Callable[[], tfds.core.GeneratorBasedBuilder], manual_dir: pathlib.Path, source_md5: str
+) -> tfds.core.GeneratorBasedBuilder:
+    """A builder of ours, prepared to array_record under its data_dir (once: later calls reuse the
+    cache while its metadata's `source_md5` still matches the source files)."""
+    builder = make_builder()
     # (exists() first: is_prepared() logs a warning about a folder that is simply not there yet.)
     if builder.data_path.exists() and builder.is_prepared():
         # The cache is keyed by name/version only; re-prepare if the source file changed.
-        source = manual_dir / text_builder.CORPORA[dataset].relative_path
-        if builder.info.metadata.get("source_md5") == text_builder.file_md5(source):
-            return {split: text_builder.read_split_text(builder, split) for split in SPLITS}
-        log.warning("%s changed since %s was prepared; preparing again.", source, builder.data_path)
+        if builder.info.metadata.get("source_md5") == source_md5:
+            return builder
+        log.warning("The source of %s changed since it was prepared; preparing again.", builder.data_path)
         # Delete ourselves: TFDS's overwrite modes refuse a builder whose info came from disk.
         shutil.rmtree(builder.data_path)
-        builder = text_builder.GptJaxText(config=dataset, data_dir=str(data_dir))
+        builder = make_builder()
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
         file_format="array_record",
     )
-    return {split: text_builder.read_split_text(builder, split) for split in SPLITS}
+    return builder
 
 
 def _load_tfds_builtin(name: str, data_dir: pathlib.Path, text_feature: str) -> dict[str, str]:

@@ -13,6 +13,7 @@ To add a corpus: one entry in `CORPORA` (relative path under the manual dir + a 
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -48,6 +49,26 @@ def read_poetry_jsonl(path: pathlib.Path) -> str:
     return "\n\n".join(poems) + "\n"
 
 
+def iter_tsv_rows(path: pathlib.Path, num_fields: int = 2) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each row after the header. QUOTE_NONE: SST-2's sentences hold bare
+    quote characters, which must stay text; so one row is exactly one line."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        next(reader, None)  # header ('label<TAB>sentence' / 'label<TAB>content')
+        for fields in reader:
+            if len(fields) != num_fields:
+                raise ValueError(
+                    f"{path}:{reader.line_num}: expected {num_fields} tab-separated fields, got "
+                    f"{len(fields)}; fix that row (a tab inside the text?)."
+                )
+            yield reader.line_num, fields
+
+
+def read_tsv_sentences(path: pathlib.Path) -> str:
+    # Column 2 of a labelled TSV (labels dropped), one sentence per line, file order.
+    return "".join(fields[1] + "\n" for _, fields in iter_tsv_rows(path))
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalCorpus:
     relative_path: str  # under the manual dir (shared/data)
@@ -67,6 +88,13 @@ CORPORA: dict[str, LocalCorpus] = {
         "chinese_poetry/song_ci.jsonl",
         "Song ci (simplified Chinese), paragraphs joined by newlines, poems by blank lines.",
         read_poetry_jsonl,
+    ),
+    # Pretraining corpus for the SST-2 fine-tuning runs: TRAIN sentences only, so the model never
+    # sees dev/test text before it is evaluated on them.
+    "sst2_text": LocalCorpus(
+        "sst2/train.tsv",
+        "SST-2 train sentences/phrases (labels removed), one per line in file order, split 90/10 by position.",
+        read_tsv_sentences,
     ),
 }
 

@@ -1,0 +1,24 @@
+"""SST-2, AdaLoRA on every matmul kernel: rank 4 per matrix pruned to an average of 2 by importance (budget schedule).
+
+Run:      python -m gpt_jax.finetune --config=configs/finetune/sst2_adalora.py --init_from=runs/sst2_base --workdir=runs/sst2_adalora
+Time:     see README "Fine-tuning results" (measured there).
+Expect:   see README "Fine-tuning results".
+"""
+from configs.finetune.sst2 import get_config as sst2_config
+
+
+def get_config():
+    c = sst2_config()
+    c.peft.method = "adalora"
+    c.peft.rank = 4
+    c.peft.target_rank = 2
+    c.peft.alpha = 4.0
+    c.peft.targets = "attn/(query|key|value|out_kernel)|mlp/(fc|proj)"
+    c.peft.init_warmup = 0.1
+    c.peft.final_warmup = 0.3
+    c.peft.mask_interval = 10
+    c.optim.lr = 1e-2
+    c.optim.min_lr = 1e-3
+    c.optim.weight_decay = 0.0
+    c.task.patience = 0  # the budget schedule needs the whole run
+    return c

@@ -1,0 +1,13 @@
+"""SST-2, Full fine-tuning: every parameter trains.
+
+Run:      python -m gpt_jax.finetune --config=configs/finetune/sst2_full.py --init_from=runs/sst2_base --workdir=runs/sst2_full
+Time:     see README "Fine-tuning results" (measured there).
+Expect:   see README "Fine-tuning results".
+"""
+from configs.finetune.sst2 import get_config as sst2_config
+
+
+def get_config():
+    c = sst2_config()
+    c.peft.method = "full"
+    return c

@@ -1,0 +1,44 @@
+"""What the trainer trains. One `Task` per kind of run; the trainer, step and checkpoints are shared.
+
+A task owns its data (step-addressed host batches), its model (the GPT config it runs), its loss and
+eval metrics, how its state is initialised (random, or from a pretrained base) and its end-of-run work
+(a sample, a classification report, the adapter file).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Protocol
+
+import numpy as np
+import optax
+
+from gpt_jax.config import ModelConfig
+from gpt_jax.train import MetricsFn, TaskLossFn
+
+
+class Task(Protocol):
+    name: str
+    model_cfg: ModelConfig  # the GPT the task runs (its architecture is what the workdir guard checks)
+    tokenizer: Any
+
+    def init(self, rng, *pretrained) -> tuple[Any, Any]:
+        """(trainable, frozen), jittable; `pretrained` = the arrays of `self.pretrained()` (if any)."""
+
+    def pretrained(self) -> tuple:
+        """Arrays `init` grafts in (a base model's params), or () to start from scratch."""
+
+    def loss(self) -> TaskLossFn: ...
+
+    def metrics(self) -> MetricsFn: ...
+
+    def wrap_optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation: ...
+
+    def train_batches(self, step: int, k: int, process_index: int, process_count: int) -> dict[str, np.ndarray]:
+        """Host batches of steps [step, step + k): every array [k, B_local, ...], a pure function of the step."""
+
+    def eval_batches(self, process_index: int, process_count: int) -> dict[str, np.ndarray]:
+        """The fixed validation batches [N, B_local, ...]."""
+
+    def finish(self, trainer, state, workdir: pathlib.Path, best_state=None) -> dict[str, Any]:
+        """End-of-run work (samples, reports, adapter files); returns extra summary entries."""

@@ -1,0 +1,95 @@
+"""Supervised instruction / dialogue tuning: chat-templated examples, loss on the replies only, packed."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+
+from gpt_jax.chat import ChatTemplate
+from gpt_jax.tasks.backbone import Backbone, epoch_batches, padded_rows, save_adapter_file
+from gpt_jax.train import causal_lm_loss, lm_loss
+
+
+class SFTTask:
+    name = "sft"
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir):
+        from gpt_jax.data import sft
+        from gpt_jax.data.tokenizers import build_tokenizer
+
+        task, d = config.task, config.data
+        if not task.dataset:
+            raise ValueError("task.dataset is not set; e.g. --config.task.dataset=alpaca_seed_tasks or a JSONL path")
+        self.config = config
+        self.template = ChatTemplate.named(task.template)
+        convs = sft.load_sft(task.dataset, manual_dir=d.manual_dir, seed=config.seed)
+        self.backbone = Backbone(
+            config,
+            workdir,
+            lambda: build_tokenizer(d.tokenizer, _all_text(self.template, convs["train"]), vocab_size=d.get("vocab_size"), path=d.get("tokenizer_path")),
+        )
+        self.tokenizer, self.model_cfg = self.backbone.tokenizer, self.backbone.model_cfg
+        length = min(task.max_len or self.model_cfg.block_size, self.model_cfg.block_size)
+        rows = sft.pack if task.packing else sft.unpacked
+        self.data = {}
+        for split, items in convs.items():
+            examples = sft.render_all(self.template, self.tokenizer, items)
+            if split == "train" and task.packing:  # first-fit packs in order: shuffle once, seeded
+                examples = [examples[i] for i in np.random.default_rng(config.seed).permutation(len(examples))]
+            self.data[split] = rows(examples, length)
+        self.examples = {split: len(items) for split, items in convs.items()}
+
+    def init(self, rng, *pretrained):
+        trainable, frozen = self.backbone.init(rng, *pretrained)
+        return {"backbone": trainable}, frozen
+
+    def pretrained(self):
+        return self.backbone.pretrained()
+
+    def loss(self):
+        gpt_loss, method = lm_loss(self.model_cfg, causal_lm_loss), self.backbone.method
+
+        def loss(params, frozen, batch, rng):
+            gpt = self.backbone.gpt_params(params["backbone"], frozen, rng)
+            total, count = gpt_loss(gpt, {}, batch, rng)
+            return total + count * method.regularizer(params["backbone"]), count
+
+        return loss
+
+    def metrics(self):
+        gpt_loss = lm_loss(self.model_cfg, causal_lm_loss)
+
+        def metrics(params, frozen, batch):
+            return {"val_loss": gpt_loss(self.backbone.gpt_params(params["backbone"], frozen), {}, batch, None)}
+
+        return metrics
+
+    def wrap_optimizer(self, tx):
+        from gpt_jax.tasks.backbone import per_key
+
+        wrapped = self.backbone.method.wrap_optimizer(tx)
+        return tx if wrapped is tx else per_key({"backbone": wrapped})
+
+    def train_batches(self, step, k, process_index, process_count):
+        return epoch_batches(
+            self.data["train"], self.config.train.batch_size, self.config.seed, step, k, "sft", process_index, process_count
+        )
+
+    def eval_batches(self, process_index, process_count):
+        return padded_rows(self.data["validation"], self.config.train.batch_size, process_index, process_count, {})
+
+    def finish(self, trainer, state, workdir, best_state=None):
+        from gpt_jax import peft
+        from gpt_jax.optim import tree_bytes
+
+        use = best_state or state
+        out = {"examples": self.examples, "method": self.backbone.method.name, "opt_state_bytes": tree_bytes(state.opt_state)}
+        out.update(peft.trainable_summary(use.params, use.frozen))
+        if jax.process_index() == 0:
+            out.update(save_adapter_file(self.backbone, use.params, workdir, self.config.peft))
+        return out
+
+
+def _all_text(template, convs) -> str:
+    return "\n".join(template.render(system, turns[:-1], turns[-1][0]) + turns[-1][1] for system, turns in convs)

@@ -1,0 +1,303 @@
+"""LoRA (gpt_jax.peft.lora), adapter files (gpt_jax.peft.io) and the method registry (gpt_jax.peft).
+
+Tiny GPTs with numpy-built params (no init compile); one jitted apply per config.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from gpt_jax import peft
+from gpt_jax.config import ModelConfig
+from gpt_jax.model import GPT, init_params
+from gpt_jax.peft import io as peft_io
+from gpt_jax.peft.base import Frozen, Full
+from gpt_jax.peft.lora import LoRA, find_targets, kernel_views
+
+TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
+IDS = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 16)), jnp.int32)
+SCAN = [False, True]
+
+
+def cfg_of(scan: bool, **kw) -> ModelConfig:
+    return TINY.replace(scan_layers=scan, **kw)
+
+
+@functools.cache
+def abstract(cfg: ModelConfig):
+    return nn.meta.unbox(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
+
+
+def make_params(cfg: ModelConfig, seed: int = 0):
+    r = np.random.default_rng(seed)
+    flat = traverse_util.flatten_dict(abstract(cfg))
+    out = {k: jnp.asarray(0.2 * r.standard_normal(s.shape), jnp.float32) for k, s in flat.items()}
+    return traverse_util.unflatten_dict(out)
+
+
+@functools.cache
+def _apply(cfg: ModelConfig):
+    return jax.jit(lambda p: GPT(cfg).apply({"params": p}, IDS))
+
+
+def logits(cfg, params) -> np.ndarray:
+    return np.asarray(_apply(cfg)(params))
+
+
+def randomize_b(trainable, seed: int = 1, std: float = 0.1):
+    r = np.random.default_rng(seed)
+    return {
+        k: {**v, "b": jnp.asarray(std * r.standard_normal(v["b"].shape), jnp.float32)} for k, v in trainable.items()
+    }
+
+
+def flat(tree):
+    return {"/".join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+# ----------------------------------------------------------------------------- LoRA semantics
+
+
+@pytest.mark.parametrize("scan", SCAN)
+def test_zero_init_is_bitwise_base(scan):
+    cfg = cfg_of(scan)
+    params = make_params(cfg)
+    method = LoRA.from_config({"targets": "attn/(query|key|value|out_kernel)|mlp", "rank": 4, "alpha": 8.0}, 10)
+    trainable, frozen = method.split(params, jax.random.key(0))
+    prefix = "h/block" if scan else "h_0"
+    assert f"{prefix}/attn/out_kernel" in trainable and f"{prefix}/mlp/fc/kernel" in trainable
+    stacked = (cfg.n_layer,) if scan else ()
+    q = trainable[f"{prefix}/attn/query/kernel"]
+    assert q["a"].shape == (*stacked, 32, 4) and q["b"].shape == (*stacked, 4, 32)
+    bound = 1 / np.sqrt(32)  # HF kaiming-uniform(a=sqrt(5)) on A
+    assert np.abs(q["a"]).max() <= bound and np.abs(q["a"]).max() > 0.8 * bound and not np.any(q["b"])
+    assert frozen is params
+    np.testing.assert_array_equal(logits(cfg, method.combine(trainable, frozen)), logits(cfg, params))
+
+
+@pytest.mark.parametrize("scan", SCAN)
+def test_merge_unmerge_round_trip(scan):
+    cfg = cfg_of(scan)
+    params = make_params(cfg)
+    method = LoRA(rank=4, alpha=8.0)
+    trainable, _ = method.split(params, jax.random.key(0))
+    trainable = randomize_b(trainable)
+    merged = method.merge(params, trainable)
+    base_logits, merged_logits = logits(cfg, params), logits(cfg, merged)
+    assert np.abs(merged_logits - base_logits).max() > 1e-3  # the adapter does something
+    np.testing.assert_allclose(merged_logits, logits(cfg, method.combine(trainable, params)), atol=1e-5)
+    back = method.unmerge(merged, trainable)
+    for k, v in flat(params).items():
+        np.testing.assert_allclose(flat(back)[k], v, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(logits(cfg, back), base_logits, atol=1e-5)
+
+
+def test_delta_is_activation_space_lora():
+    """x @ W_eff == x @ W + (alpha/r) (x A) B for every kernel view (q/k/v [D,H,K], out [H,K,D], 2-D, GQA)."""
+    cfg = cfg_of(False, n_kv_head=2)
+    params = make_params(cfg)
+    method = LoRA(targets="h_1/(attn|mlp)", rank=3, alpha=6.0)
+    trainable = randomize_b(method.split(params, jax.random.key(0))[0])
+    merged = flat(method.merge(params, trainable))
+    base = flat(params)
+    r = np.random.default_rng(2)
+    for path, entry in trainable.items():
+        w, w_eff = np.asarray(base[path]), np.asarray(merged[path])
+        n_in = 2 if path.endswith("out_kernel") else 1
+        x = r.standard_normal((5, *w.shape[:n_in])).astype(np.float32)
+        axes = (tuple(range(1, 1 + n_in)), tuple(range(n_in)))
+        lora = (x.reshape(5, -1) @ np.asarray(entry["a"]) @ np.asarray(entry["b"])).reshape(5, *w.shape[n_in:])
+        np.testing.assert_allclose(
+            np.tensordot(x, w_eff, axes), np.tensordot(x, w, axes) + 2.0 * lora, atol=1e-5, err_msg=path
+        )
+    assert set(trainable) == {f"h_1/attn/{n}" for n in ("query/kernel", "key/kernel", "value/kernel", "out_kernel")} | {
+        "h_1/mlp/fc/kernel",
+        "h_1/mlp/proj/kernel",
+    }
+    assert trainable["h_1/attn/key/kernel"]["b"].shape == (3, 2 * 8)  # GQA: out = kv_heads * head_dim
+
+
+def test_targets_errors_and_views():
+    params = abstract(cfg_of(False))
+    with pytest.raises(ValueError, match=r"peft.targets='nope' matches no kernel.*h_0/attn/key/kernel"):
+        LoRA(targets="nope").split(params, jax.random.key(0))
+    with pytest.raises(ValueError, match="not a valid regex"):
+        LoRA(targets="(")
+    with pytest.raises(ValueError, match="peft.rank=0"):
+        LoRA(rank=0)
+    assert list(find_targets(params, "mlp/fc")) == ["h_0/mlp/fc/kernel", "h_1/mlp/fc/kernel"]
+    assert not any("bias" in p or "wte" in p for p in find_targets(params, "."))  # kernels only
+    v = kernel_views(abstract(cfg_of(True)))["h/block/attn/out_kernel"]
+    assert (v.batch, v.fan_in, v.fan_out) == ((2,), 32, 32)
+
+
+def test_rank_dropout_only_with_rng():
+    cfg = cfg_of(False)
+    params = make_params(cfg)
+    method = LoRA(rank=8, alpha=8.0, dropout=0.5)
+    trainable = randomize_b(method.split(params, jax.random.key(0))[0])
+    eval_a, eval_b = method.combine(trainable, params), method.combine(trainable, params, None)
+    for k in flat(eval_a):
+        np.testing.assert_array_equal(flat(eval_a)[k], flat(eval_b)[k])
+    d1 = method.deltas(trainable, jax.random.key(1))
+    d2 = method.deltas(trainable, jax.random.key(2))
+    d0 = method.deltas(trainable)
+    path = "h_0/attn/query/kernel"
+    assert not np.allclose(d1[path], d0[path]) and not np.allclose(d1[path], d2[path])
+    # The step's delta is a rank-masked delta rescaled by 1/(1-p): rebuild it from the kept components.
+    entry = trainable[path]
+    keep = np.asarray(
+        jax.random.bernoulli(jax.random.fold_in(jax.random.key(1), sorted(trainable).index(path)), 0.5, (8,))
+    )
+    want = 1.0 * (np.asarray(entry["a"]) * keep / 0.5) @ np.asarray(entry["b"])
+    np.testing.assert_allclose(d1[path], want, atol=1e-6)
+    no_drop = LoRA(rank=8, alpha=8.0, dropout=0.0)
+    np.testing.assert_array_equal(no_drop.deltas(trainable, jax.random.key(1))[path], no_drop.deltas(trainable)[path])
+
+
+def test_gradients_flow_through_combine():
+    """HF init: at B = 0 only B gets gradient (dL/dA = scale * dW B^T = 0); stacked (scan) targets."""
+    cfg = cfg_of(True)
+    params = make_params(cfg)
+    method = LoRA(rank=4, alpha=8.0)
+    trainable, frozen = method.split(params, jax.random.key(0))
+
+    def loss(t):  # any smooth function of the combined kernels will do
+        return sum(jnp.sum(jnp.sin(w) ** 2) for w in jax.tree.leaves(method.combine(t, frozen)["h"]["block"]["attn"]))
+
+    grads = jax.jit(jax.grad(loss))(trainable)
+    for path, g in grads.items():
+        assert not np.any(g["a"]) and np.abs(g["b"]).max() > 0, path
+
+
+# ----------------------------------------------------------------------------- adapter files
+
+
+def test_save_load_round_trip_on_fresh_base(tmp_path):
+    cfg = cfg_of(False)
+    base0, base1 = make_params(cfg, seed=0), make_params(cfg, seed=7)
+    method = LoRA(rank=4, alpha=8.0)
+    trainable = randomize_b(method.split(base0, jax.random.key(0))[0])
+    config = {"method": "lora", "targets": method.targets, "rank": 4, "alpha": 8.0, "dropout": 0.0}
+    path = tmp_path / "adapter.safetensors"
+    size = peft_io.save_adapter(path, "lora", config, trainable, peft_io.base_shapes(base0))
+    assert size == os.path.getsize(path)
+    name, got_config, loaded = peft_io.load_adapter(path, peft_io.base_shapes(base1))
+    assert name == "lora" and got_config == config
+    loaded_method = peft.make_method(got_config, 0)
+    assert isinstance(loaded_method, LoRA) and loaded_method == method
+    for k in trainable:
+        np.testing.assert_array_equal(loaded[k]["a"], trainable[k]["a"])
+    delta0 = {k: flat(method.merge(base0, trainable))[k] - v for k, v in flat(base0).items()}
+    delta1 = {k: flat(loaded_method.merge(base1, loaded))[k] - v for k, v in flat(base1).items()}
+    for k in delta0:
+        np.testing.assert_allclose(delta1[k], delta0[k], atol=1e-6, err_msg=k)
+    assert np.abs(delta1["h_0/attn/query/kernel"]).max() > 1e-3
+
+
+def test_load_errors(tmp_path):
+    cfg = cfg_of(False)
+    method = LoRA(rank=2)
+    trainable = method.split(abstract(cfg), jax.random.key(0))[0]
+    path = tmp_path / "a.safetensors"
+    peft_io.save_adapter(path, "lora", {"rank": 2}, trainable, peft_io.base_shapes(abstract(cfg)))
+    wider = peft_io.base_shapes(abstract(cfg.replace(n_embd=64)))
+    with pytest.raises(
+        ValueError,
+        match=r"^adapter was trained on a base with h_0/attn/key/bias of shape \(4, 8\); this base has \(4, 16\); load it on that base$",
+    ):
+        peft_io.load_adapter(path, wider)
+    with pytest.raises(ValueError, match="is not a file"):
+        peft_io.load_adapter(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="is not a file"):
+        peft_io.load_adapter(tmp_path)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="not a safetensors file") as e:
+        peft_io.load_adapter(junk)
+    assert "\n" not in str(e.value)
+    import safetensors.numpy
+
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(safetensors.numpy.save({"x": np.zeros(3, np.float32)}))
+    with pytest.raises(ValueError, match="not a gpt_jax adapter"):
+        peft_io.load_adapter(other)
+
+
+def test_crash_mid_save_keeps_old_file(tmp_path, monkeypatch):
+    cfg = cfg_of(False)
+    method = LoRA(rank=2)
+    old = method.split(abstract(cfg), jax.random.key(0))[0]
+    new = method.split(abstract(cfg), jax.random.key(1))[0]
+    path = tmp_path / "a.safetensors"
+    shapes = peft_io.base_shapes(abstract(cfg))
+    peft_io.save_adapter(path, "lora", {"rank": 2}, old, shapes)
+
+    def half_then_crash(f, data):
+        f.write(data[: len(data) // 2])
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(peft_io, "_write", half_then_crash)
+    with pytest.raises(OSError, match="simulated"):
+        peft_io.save_adapter(path, "lora", {"rank": 2}, new, shapes)
+    assert sorted(os.listdir(tmp_path)) == ["a.safetensors"]  # no temp file left behind
+    _, _, loaded = peft_io.load_adapter(path, shapes)
+    np.testing.assert_array_equal(loaded["h_0/attn/query/kernel"]["a"], old["h_0/attn/query/kernel"]["a"])
+
+
+def test_bf16_and_nested_trees_round_trip(tmp_path):
+    tree = {
+        "h_0": {"adapter": {"kernel": jnp.ones((3, 2), jnp.bfloat16) * 1.5}},
+        "x/y": {"z": jnp.arange(4, dtype=jnp.int32)},
+    }
+    path = tmp_path / "t.safetensors"
+    peft_io.save_adapter(path, "adapters", {}, tree, {})
+    _, _, got = peft_io.load_adapter(path, {})
+    assert got["h_0"]["adapter"]["kernel"].dtype == jnp.bfloat16 and float(got["h_0"]["adapter"]["kernel"][0, 0]) == 1.5
+    np.testing.assert_array_equal(got["x/y"]["z"], np.arange(4))
+
+
+def test_adapter_file_size_4_layer_256_wide(tmp_path):
+    """LoRA r=8 on q/k/v/out of a 4-layer, 256-wide GPT: 16 matrices x (256*8 + 8*256) f32 = 256 KiB of tensors."""
+    cfg = ModelConfig(vocab_size=256, block_size=64, n_layer=4, n_head=4, n_embd=256)
+    base = abstract(cfg)
+    trainable = LoRA(rank=8).split(base, jax.random.key(0))[0]
+    path = tmp_path / "lora_r8.safetensors"
+    size = peft_io.save_adapter(path, "lora", {"rank": 8}, trainable, peft_io.base_shapes(base))
+    summary = peft.trainable_summary(trainable, base)
+    print(f"\nLoRA r=8 q/k/v/out adapter file, 4 layers x 256 wide: {size} bytes ({size / 1024:.1f} KiB); {summary}")
+    assert summary["trainable_params"] == 16 * 2 * 256 * 8
+    assert 4 * summary["trainable_params"] < size < 4 * summary["trainable_params"] + 16 * 1024
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_make_method_and_summary():
+    assert isinstance(peft.make_method({"method": "full"}, 10), Full)
+    assert isinstance(peft.make_method({"method": "frozen"}, 10), Frozen)
+    from configs.base import base_config
+
+    c = base_config().peft
+    c.method = "lora"
+    m = peft.make_method(c, 100)
+    assert isinstance(m, LoRA) and (m.rank, m.alpha, m.targets) == (c.rank, c.alpha, c.targets)
+    c.method = "adalora"
+    a = peft.make_method(c, 100)
+    assert a.name == "adalora" and a.num_steps == 100 and a.target_rank == c.target_rank
+    with pytest.raises(
+        ValueError,
+        match=r"peft.method='qlora' is not one of \('full', 'frozen', 'lora', 'adalora', 'adapters', 'prefix'\)",
+    ):
+        peft.make_method({"method": "qlora"}, 10)
+    s = peft.trainable_summary({"a": jnp.zeros((2, 3))}, {"w": jnp.zeros((4, 6))})
+    assert s == {"trainable_params": 6, "total_params": 30, "trainable_pct": 20.0}
+    assert peft.trainable_summary({}, {})["trainable_pct"] == 0.0
