@@ -2,8 +2,8 @@
 (labels removed; dev/test never seen), BPE 4096 learned from that text.
 
 Run:      python -m gpt_jax.main --config=configs/sst2_pretrain.py --workdir=runs/sst2_base
-Time:     see README "Fine-tuning results" (measured there).
-Expect:   see README "Fine-tuning results".
+Time:     16 min here with other jobs on the 2 cores (1,200 steps of 32 x 64 tokens).
+Expect:   val loss 4.44 (BPE 4096); the base of README "Fine-tuning results".
 """
 from configs.base import base_config
 

@@ -35,6 +35,8 @@ def load_run(workdir, *, step: int | None = None, mesh=None) -> tuple[ml_collect
 
     workdir = pathlib.Path(workdir)
     config = ml_collections.ConfigDict(read_run_file(workdir, "config.json"))
+    if (config.get("task") or {}).get("name", "lm") != "lm":
+        return _load_finetuned(workdir, config, step)
     model_config = ModelConfig(**read_run_file(workdir, "model_config.json"))
     tokenizer = load_tokenizer(workdir)
     ckpt = Checkpointer(checkpoint_dir(workdir), save_every=0, read_only=True)
@@ -51,3 +53,19 @@ def load_run(workdir, *, step: int | None = None, mesh=None) -> tuple[ml_collect
     finally:
         ckpt.close()
     return config, model_config, state.params, tokenizer
+
+
+def _load_finetuned(workdir: pathlib.Path, config, step):
+    """A fine-tuned run: its task rebuilds the (PEFT) model; the trainable and frozen trees are combined
+    into plain GPT params (LoRA merged, adapters/prefix included) for sampling, chat and evaluation."""
+    from gpt_jax.checkpoint import Checkpointer, checkpoint_dir, restore_target
+    from gpt_jax.trainer import Trainer
+
+    tr = Trainer(config, workdir, write=False)
+    with Checkpointer(checkpoint_dir(workdir), save_every=0, read_only=True) as ckpt:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {checkpoint_dir(workdir)}; train the run first")
+        state, _ = ckpt.restore(restore_target(tr.abstract, tr.shardings), step)
+    params = tr.task.backbone.gpt_params(state.params["backbone"], state.frozen)
+    return config, tr.model_cfg, params, tr.tokenizer

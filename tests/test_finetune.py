@@ -122,6 +122,13 @@ def test_classify_end_to_end_report_best_checkpoint_and_adapter(byte_base, tfds_
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
     np.testing.assert_array_equal(head["kernel"], best.params["head"]["kernel"])
 
+    # Sampling/chat/evaluation load a fine-tuned workdir as plain GPT params (LoRA merged in).
+    from gpt_jax.workdir import load_run
+
+    _, loaded_cfg, loaded, tokenizer = load_run(ft)
+    assert loaded_cfg == cfg and tokenizer.vocab_size == tr.tokenizer.vocab_size
+    assert GPT(loaded_cfg).apply({"params": loaded}, ids).shape == want.shape
+
 
 def test_finetune_resumes_from_its_own_checkpoint(byte_base, tfds_cache, tmp_path):
     c = finetune_config(tfds_cache, byte_base, "full", num_steps=10)

@@ -20,7 +20,7 @@ from gpt_jax.config import ModelConfig
 from gpt_jax.model import GPT, init_params
 from gpt_jax.peft import io as peft_io
 from gpt_jax.peft.base import Frozen, Full
-from gpt_jax.peft.lora import LoRA, find_targets, kernel_views
+from gpt_jax.peft.lora import DEFAULT_TARGETS, LoRA, find_targets, kernel_views
 
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 IDS = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 16)), jnp.int32)
@@ -138,6 +138,61 @@ def test_targets_errors_and_views():
     v = kernel_views(abstract(cfg_of(True)))["h/block/attn/out_kernel"]
     assert (v.batch, v.fan_in, v.fan_out) == ((2,), 32, 32)
 
+
+
+@pytest.mark.parametrize("scan", SCAN)
+def test_embedding_targets(scan, tmp_path):
+    """HF nn.Embedding LoRA on the tied wte: opt-in by fullmatch, zero-init exact, merge == combine, round trips."""
+    cfg = cfg_of(scan, pos="learned")
+    params = make_params(cfg)
+    query = "h/block/attn/query/kernel" if scan else "h_0/attn/query/kernel"
+    assert not any(p in ("wte", "wpe") for p in find_targets(params, DEFAULT_TARGETS))
+    assert not any(p in ("wte", "wpe") for p in find_targets(params, "."))  # search-style patterns: kernels only
+    assert list(find_targets(params, "wte")) == ["wte"] and set(find_targets(params, "wte|wpe")) == {"wte", "wpe"}
+    found = find_targets(params, "wte|attn/query")
+    assert "wte" in found and query in found and "wpe" not in found
+    v = found["wte"]
+    assert (v.shape, v.batch, v.fan_in, v.fan_out, v.embedding) == ((64, 32), (), 64, 32, True)
+
+    method = LoRA(targets="wte|attn/query", rank=4, alpha=8.0)
+    trainable, frozen = method.split(params, jax.random.key(0))
+    a = np.asarray(trainable["wte"]["a"])
+    assert a.shape == (64, 4) and trainable["wte"]["b"].shape == (4, 32) and not np.any(trainable["wte"]["b"])
+    assert 0.5 < np.abs(a).max() <= 1.0  # one-hot lookup: kaiming bound with fan_in 1
+    base_logits = logits(cfg, params)
+    np.testing.assert_array_equal(logits(cfg, method.combine(trainable, frozen)), base_logits)
+    np.testing.assert_array_equal(logits(cfg, method.merge(params, trainable)), base_logits)
+
+    # Gradient reaches the embedding adapter's B through the input lookup and the tied head.
+    loss = lambda t: jnp.sum(GPT(cfg).apply({"params": method.combine(t, frozen)}, IDS) ** 2)
+    g = jax.jit(jax.grad(loss))(trainable)
+    assert np.abs(g["wte"]["b"]).max() > 0
+
+    trainable = randomize_b(trainable)
+    merged = method.merge(params, trainable)
+    np.testing.assert_allclose(
+        flat(merged)["wte"] - flat(params)["wte"], 2.0 * a @ np.asarray(trainable["wte"]["b"]), atol=1e-6
+    )
+    merged_logits = logits(cfg, merged)
+    assert np.abs(merged_logits - base_logits).max() > 1e-3
+    np.testing.assert_allclose(merged_logits, logits(cfg, method.combine(trainable, frozen)), atol=1e-5)
+    back = method.unmerge(merged, trainable)
+    for k, w in flat(params).items():
+        np.testing.assert_allclose(flat(back)[k], w, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(logits(cfg, back), base_logits, atol=1e-5)
+
+    # Rank dropout applies to the embedding adapter like any other target.
+    drop = LoRA(targets="wte|attn/query", rank=4, alpha=8.0, dropout=0.5)
+    d0, d1 = drop.deltas(trainable), drop.deltas(trainable, jax.random.key(1))
+    assert d1["wte"].shape == (64, 32) and not np.allclose(d0["wte"], d1["wte"])
+
+    # Adapter files carry the wte entry and load back onto a fresh base.
+    config = {"method": "lora", "targets": method.targets, "rank": 4, "alpha": 8.0, "dropout": 0.0}
+    path = tmp_path / "adapter.safetensors"
+    peft_io.save_adapter(path, "lora", config, trainable, peft_io.base_shapes(params))
+    _, _, loaded = peft_io.load_adapter(path, peft_io.base_shapes(make_params(cfg, seed=7)))
+    for part in ("a", "b"):
+        np.testing.assert_array_equal(loaded["wte"][part], trainable["wte"][part])
 
 def test_rank_dropout_only_with_rng():
     cfg = cfg_of(False)

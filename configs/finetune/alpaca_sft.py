@@ -3,9 +3,10 @@ the replies only, several examples packed per row with attention kept inside eac
 
 Run:      python -m gpt_jax.finetune --config=configs/finetune/alpaca_sft.py --init_from=<workdir or HF GPT-2 dir> \
               --workdir=runs/alpaca_sft
-          then: python -m gpt_jax.chat --workdir=... (chat needs the merged model; see README "Fine-tuning")
-Time:     a smoke-scale recipe: the seed tasks are 175 rows; minutes here on a small base.
-Expect:   val loss (replies only) falls below the base's; a sanity run, not a benchmark.
+          then: python -m gpt_jax.chat --workdir=runs/alpaca_sft --template=chatml (LoRA is merged on load)
+Time:     not measured on a real base in this repository yet: the seed-task examples are ~100-400 BPE
+          tokens, so the base needs block_size >= 512 (e.g. imported GPT-2); the tests run it on a tiny base.
+Expect:   validation loss on the replies only; no reference figure yet.
 """
 from configs.base import base_config
 

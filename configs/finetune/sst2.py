@@ -3,8 +3,8 @@
 Run:      python -m gpt_jax.finetune --config=configs/finetune/sst2.py --init_from=runs/sst2_base \
               --workdir=runs/sst2_full [--config.peft.method=lora|adalora|adapters|prefix|frozen]
           (configs/finetune/sst2_<method>.py pin each method's settings; sst2_scratch.py has no base.)
-Time:     see README "Fine-tuning results" (each command measured there).
-Expect:   see README "Fine-tuning results": dev/test accuracy, macro-F1, trainable %.
+Time:     4-7 min per method here (README "Fine-tuning results").
+Expect:   full fine-tuning dev 79.7% / test 79.1%; report.txt holds the classification report.
 """
 from configs.base import base_config
 

@@ -1,8 +1,8 @@
 """SST-2, AdaLoRA on every matmul kernel: rank 4 per matrix pruned to an average of 2 by importance (budget schedule).
 
 Run:      python -m gpt_jax.finetune --config=configs/finetune/sst2_adalora.py --init_from=runs/sst2_base --workdir=runs/sst2_adalora
-Time:     see README "Fine-tuning results" (measured there).
-Expect:   see README "Fine-tuning results".
+Time:     7.0 min here (1,500 steps, other jobs running).
+Expect:   dev 67.2% / test 64.5%; final ranks 0-4 per matrix, 48 in all. (README "Fine-tuning results")
 """
 from configs.finetune.sst2 import get_config as sst2_config
 
@@ -17,8 +17,9 @@ def get_config():
     c.peft.init_warmup = 0.1
     c.peft.final_warmup = 0.3
     c.peft.mask_interval = 10
-    c.optim.lr = 1e-2
-    c.optim.min_lr = 1e-3
+    c.optim.lr = 3e-3
+    c.optim.min_lr = 3e-4
     c.optim.weight_decay = 0.0
     c.task.patience = 0  # the budget schedule needs the whole run
+    c.train.num_steps = 1500
     return c

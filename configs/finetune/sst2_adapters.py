@@ -1,8 +1,8 @@
 """SST-2, Houlsby bottleneck adapters (width 16) after attention and MLP in every block.
 
 Run:      python -m gpt_jax.finetune --config=configs/finetune/sst2_adapters.py --init_from=runs/sst2_base --workdir=runs/sst2_adapters
-Time:     see README "Fine-tuning results" (measured there).
-Expect:   see README "Fine-tuning results".
+Time:     5.2 min here (1,500 steps, other jobs running).
+Expect:   dev 66.3% / test 63.9%, 2.51% of parameters trained. (README "Fine-tuning results")
 """
 from configs.finetune.sst2 import get_config as sst2_config
 
@@ -11,7 +11,9 @@ def get_config():
     c = sst2_config()
     c.peft.method = "adapters"
     c.peft.adapter_dim = 16
-    c.optim.lr = 5e-3
-    c.optim.min_lr = 5e-4
+    c.optim.lr = 3e-3
+    c.optim.min_lr = 3e-4
     c.optim.weight_decay = 0.0
+    c.train.num_steps = 1500
+    c.task.patience = 8
     return c

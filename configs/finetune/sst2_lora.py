@@ -1,8 +1,8 @@
-"""SST-2, LoRA r=2 on every matmul kernel (attention q/k/v/out, MLP fc/proj; alpha 4): 1.4% of the parameters train.
+"""SST-2, LoRA r=2 on the token embeddings and the attention q/k/v/out and MLP fc kernels (alpha 4): 1.6% of the parameters train.
 
 Run:      python -m gpt_jax.finetune --config=configs/finetune/sst2_lora.py --init_from=runs/sst2_base --workdir=runs/sst2_lora
-Time:     see README "Fine-tuning results" (measured there).
-Expect:   see README "Fine-tuning results".
+Time:     5.7 min here (1,500 steps, other jobs running).
+Expect:   dev 70.3% / test 68.9%, 1.63% of parameters trained. (README "Fine-tuning results")
 """
 from configs.finetune.sst2 import get_config as sst2_config
 
@@ -12,8 +12,10 @@ def get_config():
     c.peft.method = "lora"
     c.peft.rank = 2
     c.peft.alpha = 4.0
-    c.peft.targets = "attn/(query|key|value|out_kernel)|mlp/(fc|proj)"
-    c.optim.lr = 1e-2
-    c.optim.min_lr = 1e-3
+    c.peft.targets = "wte|attn/(query|key|value|out_kernel)|mlp/fc"  # wte: sentiment is largely lexical
+    c.optim.lr = 3e-3
+    c.optim.min_lr = 3e-4
     c.optim.weight_decay = 0.0
+    c.train.num_steps = 1500  # low-rank updates move slower than full fine-tuning
+    c.task.patience = 8
     return c

@@ -1,8 +1,8 @@
 """SST-2, Prefix tuning: 8 trainable key/value slots per layer (direct parameters, 0.6% of the model).
 
 Run:      python -m gpt_jax.finetune --config=configs/finetune/sst2_prefix.py --init_from=runs/sst2_base --workdir=runs/sst2_prefix
-Time:     see README "Fine-tuning results" (measured there).
-Expect:   see README "Fine-tuning results".
+Time:     3.7 min here (1,500 steps, other jobs running).
+Expect:   dev 59.5% / test 55.6%, 0.63% of parameters trained. (README "Fine-tuning results")
 """
 from configs.finetune.sst2 import get_config as sst2_config
 
@@ -12,8 +12,9 @@ def get_config():
     c.peft.method = "prefix"
     c.peft.prefix_len = 8
     c.peft.prefix_hidden = 0
-    c.optim.lr = 1e-2
-    c.optim.min_lr = 1e-3
+    c.optim.lr = 5e-3
+    c.optim.min_lr = 5e-4
     c.optim.weight_decay = 0.0
     c.task.patience = 0  # slow start: run the whole schedule
+    c.train.num_steps = 1500
     return c

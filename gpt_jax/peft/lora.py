@@ -9,6 +9,16 @@ Each target kernel is viewed as a (fan_in, fan_out) matrix exactly as Muon sees 
 out D; MLP kernels [in, out]. Under scan_layers a kernel carries a leading layer axis [n_layer, ...]
 and its A/B are batched per layer ([n_layer, in, r], [n_layer, r, out]).
 
+Embeddings (HF PEFT's nn.Embedding LoRA): the token table `wte` [V, D] (and the learned position
+table `wpe` [block, D]) can be targeted too, viewed as (fan_in=V, fan_out=D): W_eff = W + scale * A @ B
+with A [V, r], B [r, D] = 0, so row i's delta is scale * A[i] @ B. They are opt-in: an embedding is
+targeted only when `peft.targets` *fullmatches* its path (HF's regex rule), e.g. 'wte|attn/query', so
+search-style patterns written for kernels ('.', 'mlp', the default) never pick them up; kernels keep
+`re.search`. A lookup's input is one-hot (one non-zero feature), so A's kaiming bound uses fan_in = 1:
+A ~ U(-1, 1), the magnitude of HF's N(0, 1) lora_embedding_B. wte is tied to the output head, so the
+merged/combined wte is used by both the input lookup and the LM head (`logits = x @ wte.T`): the delta
+adapts both, exactly as merging HF's embedding adapter into a tied model does.
+
 HF PEFT semantics: A ~ kaiming-uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0 (so a fresh
 adapter is exactly the base), scale alpha / r.
 
@@ -47,6 +57,7 @@ class KernelView:
     batch: tuple[int, ...]  # (n_layer,) under scan_layers, () otherwise
     fan_in: int
     fan_out: int
+    embedding: bool = False  # a wte/wpe lookup table (input is one-hot)
 
     @property
     def matrices(self) -> int:
@@ -57,8 +68,14 @@ def _axes(a) -> tuple[int, ...]:
     return tuple(a) if isinstance(a, (tuple, list)) else (a,)
 
 
-def kernel_views(params: Params) -> dict[str, KernelView]:
-    """{'h_0/attn/query/kernel': KernelView, ...} for every hidden matmul kernel (the ones Muon orthogonalises)."""
+EMBEDDINGS = ("wte", "wpe")  # top-level [rows, D] tables LoRA may target (opt-in, see module docstring)
+
+
+def kernel_views(params: Params, embeddings: bool = False) -> dict[str, KernelView]:
+    """{'h_0/attn/query/kernel': KernelView, ...} for every hidden matmul kernel (the ones Muon orthogonalises).
+
+    embeddings=True adds the top-level `wte`/`wpe` tables that exist, viewed as (fan_in=rows, fan_out=D).
+    """
     dims = traverse_util.flatten_dict(muon_dims(params))
     flat = traverse_util.flatten_dict(params)
     views = {}
@@ -74,7 +91,16 @@ def kernel_views(params: Params) -> dict[str, KernelView]:
         views["/".join(key)] = KernelView(
             shape, shape[:nb], math.prod(shape[i] for i in red), math.prod(shape[i] for i in out)
         )
+    if embeddings:
+        for name in EMBEDDINGS:
+            leaf = flat.get((name,))
+            if leaf is not None and len(leaf.shape) == 2:
+                views[name] = KernelView(tuple(leaf.shape), (), leaf.shape[0], leaf.shape[1], embedding=True)
     return views
+
+
+def is_embedding(path: str) -> bool:
+    return path in EMBEDDINGS
 
 
 def find_targets(params: Params, pattern: str) -> dict[str, KernelView]:
@@ -83,8 +109,10 @@ def find_targets(params: Params, pattern: str) -> dict[str, KernelView]:
         regex = re.compile(pattern)
     except re.error as e:
         raise ValueError(f"peft.targets={pattern!r} is not a valid regex ({e}); fix the pattern") from None
-    views = kernel_views(params)
-    found = {path: v for path, v in sorted(views.items()) if regex.search(path)}
+    views = kernel_views(params, embeddings=True)
+    # Kernels: re.search. Embeddings: opt-in, the whole path must match (so '.' or 'mlp' never adds wte).
+    hit = lambda path: regex.fullmatch(path) if is_embedding(path) else regex.search(path)
+    found = {path: v for path, v in sorted(views.items()) if hit(path)}
     if not found:
         examples = ", ".join(sorted(views)[:6])
         raise ValueError(
@@ -219,7 +247,9 @@ class LoRA(LowRank):
 
     def init_target(self, view: KernelView, noise: jax.Array) -> dict[str, jax.Array]:
         # HF: kaiming_uniform_(A, a=sqrt(5)) -> bound = gain * sqrt(3 / fan_in) with gain = sqrt(1/3).
-        a = noise.reshape(*view.batch, view.fan_in, self.rank) / math.sqrt(view.fan_in)
+        # An embedding table (batch (), fan_in = rows) is a one-hot lookup: fan_in 1, bound 1.
+        fan_in = 1 if view.embedding else view.fan_in
+        a = noise.reshape(*view.batch, view.fan_in, self.rank) / math.sqrt(fan_in)
         b = jnp.zeros((*view.batch, self.rank, view.fan_out), jnp.float32)
         return {"a": a, "b": b}
 
