@@ -69,6 +69,22 @@ class TextStream:
         self.out.flush()
 
 
+def sampling_options(args: argparse.Namespace, config, **fixed) -> dict:
+    """generate()/stream() keywords from the flags; temperature/top_k default to the run's config.sample."""
+    sample_cfg = config.get("sample", {})
+    temperature = args.temperature if args.temperature is not None else sample_cfg.get("temperature", 0.8)
+    top_k = args.top_k if args.top_k is not None else sample_cfg.get("top_k", None)
+    return dict(
+        temperature=temperature,
+        top_k=top_k if args.num_beams == 1 else None,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        **fixed,
+    )
+
+
 def run(args: argparse.Namespace) -> None:
     from gpt_jax import generate as gen
     from gpt_jax.workdir import load_run
@@ -80,21 +96,14 @@ def run(args: argparse.Namespace) -> None:
     if args.num_samples < 1:
         raise ValueError(f"--num_samples={args.num_samples} must be >= 1")
     config, cfg, params, tok = load_run(args.workdir)
-    sample_cfg = config.get("sample", {})
-    temperature = args.temperature if args.temperature is not None else sample_cfg.get("temperature", 0.8)
-    top_k = args.top_k if args.top_k is not None else sample_cfg.get("top_k", None)
     eos = getattr(tok, "eos_id", None)
-    kw = dict(
+    kw = sampling_options(
+        args,
+        config,
         max_new_tokens=args.max_new_tokens,
-        temperature=temperature,
-        top_k=top_k if args.num_beams == 1 else None,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
         stop_ids=[eos] if eos is not None else [],
         # ids past the tokenizer (an objective's sentinels, vocab padding) cannot be decoded: never sample them.
         banned_ids=list(range(tok.vocab_size, cfg.vocab_size)),
-        seed=args.seed,
     )
     prompts = [tok.encode(args.prompt)] * args.num_samples
     if args.num_beams > 1:
@@ -158,25 +167,15 @@ def infill(args: argparse.Namespace) -> None:
                 "for the middle; shorten --infill_prefix/--infill_suffix"
             )
         n = min(n, cfg.block_size - len(prompt))
-    sample_cfg = config.get("sample", {})
-    temperature = args.temperature if args.temperature is not None else sample_cfg.get("temperature", 0.8)
-    top_k = args.top_k if args.top_k is not None else sample_cfg.get("top_k", None)
-    rows = gen.generate(
-        cfg,
-        params,
-        [prompt] * args.num_samples,
+    kw = sampling_options(
+        args,
+        config,
         max_new_tokens=n,
-        num_beams=args.num_beams,
-        temperature=temperature,
-        top_k=top_k if args.num_beams == 1 else None,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
         stop_ids=[s["EOT"]],
         # Only text or EOT may follow <MID>: ban the other sentinels and any other id past the tokenizer.
         banned_ids=[t for t in range(tok.vocab_size, cfg.vocab_size) if t != s["EOT"]],
-        seed=args.seed,
     )
+    rows = gen.generate(cfg, params, [prompt] * args.num_samples, num_beams=args.num_beams, **kw)
     for i, row in enumerate(rows):
         ids, ended = take_middle(row, s["EOT"])
         middle = tok.decode(ids)

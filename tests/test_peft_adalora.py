@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,25 +11,13 @@ import pytest
 from flax import traverse_util
 
 from gpt_jax.config import ModelConfig
-from gpt_jax.model import GPT, init_params
+from gpt_jax.model import GPT
 from gpt_jax.peft import io as peft_io
 from gpt_jax.peft.adalora import AdaLoRA, AdaLoRAState
+from peft_params import abstract, make_params
 
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 IDS = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 16)), jnp.int32)
-
-
-@functools.cache
-def abstract(cfg: ModelConfig):
-    return nn.meta.unbox(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
-
-
-def make_params(cfg: ModelConfig, seed: int = 0):
-    r = np.random.default_rng(seed)
-    flat = traverse_util.flatten_dict(abstract(cfg))
-    return traverse_util.unflatten_dict(
-        {k: jnp.asarray(0.2 * r.standard_normal(s.shape), jnp.float32) for k, s in flat.items()}
-    )
 
 
 @pytest.mark.parametrize("scan", [False, True])
