@@ -76,6 +76,25 @@ class Backbone:
     def gpt_params(self, trainable, frozen, rng=None):
         return self.method.combine(trainable, frozen, rng)
 
+    def wrap_optimizer(self, tx, *others: str):
+        """The method's optimizer wrapping (AdaLoRA's rank allocator) on the `backbone` subtree only; the
+        other top-level subtrees named in `others` (e.g. "head") get `tx` as it is."""
+        wrapped = self.method.wrap_optimizer(tx)
+        return tx if wrapped is tx else per_key({"backbone": wrapped, **{name: tx for name in others}})
+
+    def finish(self, state, use, workdir: pathlib.Path, peft_config) -> dict[str, Any]:
+        """What every fine-tune reports: method, trainable share, optimizer-state bytes, AdaLoRA's rank
+        allocation, and (process 0) the adapter file. `use` is the state the run reports (best or last)."""
+        from gpt_jax.optim import tree_bytes
+
+        out = {"method": self.method.name, "opt_state_bytes": tree_bytes(state.opt_state)}
+        out.update(peft.trainable_summary(use.params, use.frozen))
+        if hasattr(self.method, "rank_allocation"):
+            out["rank_allocation"] = self.method.rank_allocation(jax.device_get(use.params["backbone"]))
+        if jax.process_index() == 0:
+            out.update(save_adapter_file(self, use.params, workdir, peft_config))
+        return out
+
 
 def per_key(txs: dict[str, optax.GradientTransformation]) -> optax.GradientTransformation:
     """One optimizer per top-level key of a dict of params, each seeing only its own subtree (AdaLoRA's

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from gpt_jax.model import GPT
-from gpt_jax.tasks.backbone import Backbone, epoch_batches, padded_rows, save_adapter_file
+from gpt_jax.tasks.backbone import Backbone, epoch_batches, padded_rows
 
 POOLINGS = ("last", "mean")
 
@@ -101,7 +101,7 @@ class ClassifyTask:
         return metrics
 
     def wrap_optimizer(self, tx):
-        return _only_backbone(self.backbone.method, tx)
+        return self.backbone.wrap_optimizer(tx, "head")
 
     # -- data
     def train_batches(self, step, k, process_index, process_count):
@@ -121,9 +121,7 @@ class ClassifyTask:
         return preds[: len(self.data[split]["labels"])]
 
     def finish(self, trainer, state, workdir, best_state=None):
-        from gpt_jax import peft
         from gpt_jax.classification_report import classification_report, format_report
-        from gpt_jax.optim import tree_bytes
 
         use = best_state or state
         out = {"report_from_step": int(jax.device_get(use.step))}
@@ -135,12 +133,8 @@ class ClassifyTask:
             reports[split] = classification_report(self.data[split]["labels"], preds, self.label_names)
             out[f"{split}_accuracy"] = reports[split]["accuracy"]
             out[f"{split}_macro_f1"] = reports[split]["macro_f1"]
-        summary = peft.trainable_summary(use.params, use.frozen)
-        out.update(summary, method=self.backbone.method.name, opt_state_bytes=tree_bytes(state.opt_state))
-        if hasattr(self.backbone.method, "rank_allocation"):
-            out["rank_allocation"] = self.backbone.method.rank_allocation(jax.device_get(use.params["backbone"]))
+        out.update(self.backbone.finish(state, use, workdir, self.config.peft))
         if jax.process_index() == 0:
-            out.update(save_adapter_file(self.backbone, use.params, workdir, self.config.peft))
             (workdir / "label_map.json").write_text(json.dumps(dict(enumerate(self.label_names)), indent=2))
             (workdir / "report.json").write_text(json.dumps({"reports": reports, **out}, indent=2, default=str))
             text = "\n\n".join(f"== {split} ==\n{format_report(r)}" for split, r in reports.items())
@@ -148,10 +142,3 @@ class ClassifyTask:
             print(text)
         return out
 
-
-def _only_backbone(method, tx):
-    """The method's optimizer wrapping (AdaLoRA's rank allocator) applies to the backbone subtree only."""
-    from gpt_jax.tasks.backbone import per_key
-
-    wrapped = method.wrap_optimizer(tx)
-    return tx if wrapped is tx else per_key({"backbone": wrapped, "head": tx})

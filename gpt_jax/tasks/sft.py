@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 import numpy as np
 
 from gpt_jax.chat import ChatTemplate
-from gpt_jax.tasks.backbone import Backbone, epoch_batches, padded_rows, save_adapter_file
+from gpt_jax.tasks.backbone import Backbone, epoch_batches, padded_rows
 from gpt_jax.train import causal_lm_loss, lm_loss
 
 
@@ -66,10 +65,7 @@ class SFTTask:
         return metrics
 
     def wrap_optimizer(self, tx):
-        from gpt_jax.tasks.backbone import per_key
-
-        wrapped = self.backbone.method.wrap_optimizer(tx)
-        return tx if wrapped is tx else per_key({"backbone": wrapped})
+        return self.backbone.wrap_optimizer(tx)
 
     def train_batches(self, step, k, process_index, process_count):
         return epoch_batches(
@@ -80,15 +76,8 @@ class SFTTask:
         return padded_rows(self.data["validation"], self.config.train.batch_size, process_index, process_count, {})
 
     def finish(self, trainer, state, workdir, best_state=None):
-        from gpt_jax import peft
-        from gpt_jax.optim import tree_bytes
-
         use = best_state or state
-        out = {"examples": self.examples, "method": self.backbone.method.name, "opt_state_bytes": tree_bytes(state.opt_state)}
-        out.update(peft.trainable_summary(use.params, use.frozen))
-        if jax.process_index() == 0:
-            out.update(save_adapter_file(self.backbone, use.params, workdir, self.config.peft))
-        return out
+        return {"examples": self.examples, **self.backbone.finish(state, use, workdir, self.config.peft)}
 
 
 def _all_text(template, convs) -> str:
