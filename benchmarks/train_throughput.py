@@ -15,12 +15,12 @@ import sys
 import tempfile
 import time
 
-import jax
-
 
 def measure(config, steps: int, rounds: int = 3) -> dict:
     """Median seconds per step over `rounds` timed rounds of ~steps/rounds steps each, after one
     compiling call; also the model's FLOP rate, MFU against the device peak, and the train state size."""
+    import jax
+
     from gpt_jax import flops
     from gpt_jax.train import create_train_state
     from gpt_jax.trainer import Trainer

@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.eval_every = 250
     t.eval_batches = 20
     t.peak_flops = NONE_FLOAT()      # per device; None: measured (CPU) or datasheet (GPU/TPU)
+    t.compile_cache_dir = "~/.cache/gpt_jax/jax_cache"  # persistent XLA cache: reruns skip compiling; "" = off
 
     c.optim = ml_collections.ConfigDict()
     o = c.optim

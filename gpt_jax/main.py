@@ -21,6 +21,7 @@ def main(argv: list[str]) -> int:
         if unknown or "workdir" not in flags:
             raise ValueError(f"unknown flag(s) {unknown}; {USAGE}" if unknown else f"--workdir is required; {USAGE}")
         run_config.apply_cpu_devices(config)
+        run_config.apply_compile_cache(config)
         from gpt_jax.trainer import train_and_evaluate  # heavy imports after argument checks
 
         summary = train_and_evaluate(config, flags["workdir"])

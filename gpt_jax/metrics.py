@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -69,6 +70,21 @@ def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return _parse_lines(path) if path.exists() else []
 
 
+def _tensorboardx_writer():
+    """tensorboardX's SummaryWriter without the `import torch` its module runs when torch is installed
+    (~2 s per run; scalars need only numpy). A torch the process already imported is left alone."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     """Appends one JSON line per ``write`` and mirrors numeric values to TensorBoard.
 
@@ -102,7 +118,7 @@ class MetricWriter:
             self._truncate_after(int(resume_step))
         self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
-            from tensorboardX import SummaryWriter
+            SummaryWriter = _tensorboardx_writer()
 
             tb_dir = self.workdir / TB_DIR
             had_events = tb_dir.is_dir() and any(tb_dir.glob("events.out.tfevents.*"))

@@ -171,6 +171,38 @@ def _names(path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
+def _dict_path(path) -> tuple:
+    """The trailing run of dict keys of a key path: a param's name inside any optimizer state."""
+    keys = []
+    for k in reversed(path):
+        if not isinstance(k, jax.tree_util.DictKey):
+            break
+        keys.append(k.key)
+    return tuple(reversed(keys))
+
+
+def opt_state_shardings(opt_state, params, param_sharding, replicated):
+    """Optimizer slots that mirror a param (Adam mu/nu, momentum, ...) take that param's sharding; counters
+    and anything else replicate. Matched by name and shape, so it works for every optimizer, including
+    ones whose init cannot take optax's placeholder tree (`optax.tree_map_params`): Muon's per-param
+    labels, per-key PEFT optimizers."""
+    named = {}
+    for (path, leaf), sharding in zip(
+        jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_sharding), strict=True
+    ):
+        named[_dict_path(path)] = (leaf.shape, sharding)
+
+    def pick(path, leaf):
+        keys = _dict_path(path)
+        for i in range(len(keys)):  # optax may wrap a params-shaped dict in dicts of its own (labels)
+            shape, sharding = named.get(keys[i:], (None, None))
+            if sharding is not None and shape == leaf.shape:
+                return sharding
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, opt_state)
+
+
 def task_state_shardings(init_fn, gpt_cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules=shd.DEFAULT_RULES):
     """(abstract TrainState, NamedSharding tree) for `init_fn(rng) -> (trainable, frozen)`, allocating nothing."""
     params, frozen = jax.eval_shape(init_fn, jax.random.key(0))
@@ -178,13 +210,7 @@ def task_state_shardings(init_fn, gpt_cfg: ModelConfig, tx: optax.GradientTransf
     param_sharding = param_shardings(params, gpt_boxed, mesh, rules)
     frozen_sharding = param_shardings(frozen, gpt_boxed, mesh, rules)
     opt_state = jax.eval_shape(tx.init, params)
-    # Optimizer slots that mirror params (Adam mu/nu, ...) take the params' sharding; counters replicate.
-    try:
-        opt_sharding = optax.tree_map_params(
-            tx, lambda _, s: s, opt_state, param_sharding, transform_non_params=lambda _: shd.replicated(mesh)
-        )
-    except TypeError:  # an optimizer whose init cannot take optax's placeholder tree (per-key PEFT optimizers)
-        opt_sharding = jax.tree.map(lambda _: shd.replicated(mesh), opt_state)
+    opt_sharding = opt_state_shardings(opt_state, params, param_sharding, shd.replicated(mesh))
     abstract = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32),
         params=params,

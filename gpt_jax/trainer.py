@@ -203,9 +203,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     writer = MetricWriter(tr.workdir, resume_step=step if meta is not None else None)
     stopper = EarlyStopping(config, tr.workdir)
     preempted = install_sigterm_handler()
-    tokens_per_step = t.batch_size * cfg.block_size
+    tokens_per_step = t.batch_size * tr.task.seq_len  # a classifier's rows are max_len, not block_size
     peak = (t.peak_flops or flops.device_peak_flops(cfg.dtype)) * jax.device_count()
-    flops_per_token = flops.train_flops_per_token(cfg, cfg.block_size)
+    flops_per_token = flops.train_flops_per_token(cfg, tr.task.seq_len, tr.task.lm_head)
     bar = tqdm.tqdm(total=t.num_steps, initial=step, disable=jax.process_index() != 0, dynamic_ncols=True)
     rates, status, last = [], "completed", None
     mark_step, mark_time = step, time.perf_counter()

@@ -65,6 +65,7 @@ def leaves_equal_bitwise(a, b) -> bool:
 @pytest.mark.parametrize("method", ["lora", "adapters"])
 def test_frozen_base_is_bit_identical_and_has_no_optimizer_state(byte_base, tfds_cache, tmp_path, method):
     tr = Trainer(finetune_config(tfds_cache, byte_base, method), tmp_path, write=False)
+    assert (tr.task.seq_len, tr.task.lm_head) == (tr.task.max_len, False)  # what tokens/s and MFU count
     state = tr.init_state()
     frozen_before = jax.device_get(state.frozen)
     params_before = jax.device_get(state.params)

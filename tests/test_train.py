@@ -301,6 +301,24 @@ def test_sharded_step_matches_single_device(init_state, stepper):
     assert s8.step.sharding.is_fully_replicated
 
 
+def test_muon_state_follows_param_shardings():
+    """Muon labels params with a callable, which optax.tree_map_params cannot trace: its momentum must
+    still take each kernel's sharding (matched by name and shape), not fall back to replicated."""
+    mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    tx, _ = make_optimizer(optim_config(name="muon"), 10)
+    _, shardings = state_shardings(CFG, tx, mesh)
+    flat = {
+        tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path): s
+        for path, s in jax.tree_util.tree_flatten_with_path(shardings.opt_state)[0]
+    }
+    fc = [s for path, s in flat.items() if path[-4:] == ("h_0", "mlp", "fc", "kernel")]
+    wte = [s for path, s in flat.items() if path[-1] == "wte"]
+    assert fc and all(tuple(s.spec) == ("fsdp", "tensor") for s in fc)  # Muon momentum (+ Adam's masked slots)
+    assert wte and all(tuple(s.spec)[:2] == ("tensor", "fsdp") for s in wte)  # Adam on embeddings
+    counters = [s for path, s in flat.items() if path[-1] == "count"]
+    assert counters and all(s.is_fully_replicated for s in counters)
+
+
 def test_state_shardings_drop_axes_that_do_not_divide():
     """A 65-token char vocab cannot split over tensor=2: that dim is replicated instead."""
     cfg = CFG.replace(vocab_size=65)

@@ -21,6 +21,8 @@ class Task(Protocol):
     name: str
     model_cfg: ModelConfig  # the GPT the task runs (its architecture is what the workdir guard checks)
     tokenizer: Any
+    seq_len: int  # tokens per example row: what tokens/s and MFU count
+    lm_head: bool  # whether the step projects every position onto the vocabulary (for FLOPs)
 
     def init(self, rng, *pretrained) -> tuple[Any, Any]:
         """(trainable, frozen), jittable; `pretrained` = the arrays of `self.pretrained()` (if any)."""

@@ -45,6 +45,7 @@ class ClassifyTask:
         )
         self.tokenizer, self.model_cfg = self.backbone.tokenizer, self.backbone.model_cfg
         self.max_len = min(task.max_len or self.model_cfg.block_size, self.model_cfg.block_size)
+        self.seq_len, self.lm_head = self.max_len, False
         self.data = {
             split: labelled.encode_labelled(self.tokenizer, texts, labels, self.max_len)
             for split, (texts, labels) in splits.items()

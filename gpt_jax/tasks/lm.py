@@ -22,6 +22,7 @@ class LMTask:
         self.config, self.tokenizer, self.model_cfg = config, tokenizer, model_cfg
         self.objective = objectives.get(config.get("objective", "causal"), tokenizer.vocab_size)
         t, block = config.train, model_cfg.block_size
+        self.seq_len, self.lm_head = block, True
         self.batcher = data_lib.TokenBatcher(tokens["train"], t.batch_size, block, seed=config.seed)
         self.validation = tokens["validation"]
 

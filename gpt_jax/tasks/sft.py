@@ -30,6 +30,7 @@ class SFTTask:
         )
         self.tokenizer, self.model_cfg = self.backbone.tokenizer, self.backbone.model_cfg
         length = min(task.max_len or self.model_cfg.block_size, self.model_cfg.block_size)
+        self.seq_len, self.lm_head = length, True
         rows = sft.pack if task.packing else sft.unpacked
         self.data = {}
         for split, items in convs.items():
