@@ -81,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
     o.weight_decay = 0.1
     o.decay_embeddings = False
     o.clip = 1.0
+    o.muon_ns_steps = 5            # muon: Newton-Schulz iterations per update (its cost grows with them, not with batch)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1               # -1: all devices not used by the other axes

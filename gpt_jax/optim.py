@@ -91,6 +91,7 @@ def make_optimizer(optim: Mapping[str, Any], num_steps: int) -> tuple[optax.Grad
             adam_weight_decay=wd,
             muon_weight_dimension_numbers=muon_dims,
             consistent_rms=0.2,
+            ns_steps=int(optim.get("muon_ns_steps", 5)),
         )
     elif name == "sgd":
         opt = optax.chain(optax.add_decayed_weights(wd, mask), optax.sgd(schedule, momentum=b1))
