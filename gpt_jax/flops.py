@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import platform
 import time
 
 import jax
@@ -64,15 +65,23 @@ def measured_cpu_peak(dtype: str = "float32", n: int = 1024, repeats: int = 10) 
         t = time.perf_counter()
         f(a, a).block_until_ready()
         best = min(best, time.perf_counter() - t)
-    return _best_seen(f"{_cpu_name()} x{os.cpu_count()} {dtype}", 2 * n**3 / best)
+    return _best_seen(f"{cpu_model()} x{cpu_count()} {dtype}", 2 * n**3 / best)
 
 
-def _cpu_name() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "cpu")
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
-        return "cpu"
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (its affinity), which is what XLA's CPU threads get."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _best_seen(key: str, measured: float) -> float:
