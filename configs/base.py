@@ -115,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
     p.rank = 8                     # lora rank; adalora: initial rank per matrix
     p.alpha = 16.0                 # lora/adalora scale alpha / rank
     p.dropout = 0.0
+    p.lora_plus_ratio = 1.0        # lora: LoRA+ -- B learns at this multiple of the lr (1 = plain LoRA; paper: 16)
     p.target_rank = 4              # adalora: average rank per matrix at the end of the budget schedule
     p.init_warmup = 0.1            # adalora: fraction of steps before pruning starts
     p.final_warmup = 0.3           # adalora: fraction of steps at the end with the final budget

@@ -144,22 +144,25 @@ def test_embedding_targets(scan, tmp_path):
 
     method = LoRA(targets="wte|attn/query", rank=4, alpha=8.0)
     trainable, frozen = method.split(params, jax.random.key(0))
-    a = np.asarray(trainable["wte"]["a"])
-    assert a.shape == (64, 4) and trainable["wte"]["b"].shape == (4, 32) and not np.any(trainable["wte"]["b"])
-    assert 0.5 < np.abs(a).max() <= 1.0  # one-hot lookup: kaiming bound with fan_in 1
+    b = np.asarray(trainable["wte"]["b"])
+    assert trainable["wte"]["a"].shape == (64, 4) and b.shape == (4, 32) and not np.any(trainable["wte"]["a"])
+    assert 0.7 < b.std() < 1.3 and np.abs(b).max() <= np.sqrt(3.0)  # HF: per-token A = 0, shared B ~ unit variance
+    assert np.any(trainable[query]["a"]) and not np.any(trainable[query]["b"])  # kernels keep A random, B = 0
     base_logits = logits(cfg, params)
     np.testing.assert_array_equal(logits(cfg, method.combine(trainable, frozen)), base_logits)
     np.testing.assert_array_equal(logits(cfg, method.merge(params, trainable)), base_logits)
 
-    # Gradient reaches the embedding adapter's B through the input lookup and the tied head.
+    # At init the gradient reaches only the per-token rows A, through the input lookup and the tied head.
     loss = lambda t: jnp.sum(GPT(cfg).apply({"params": method.combine(t, frozen)}, IDS) ** 2)
     g = jax.jit(jax.grad(loss))(trainable)
-    assert np.abs(g["wte"]["b"]).max() > 0
+    assert np.abs(g["wte"]["a"]).max() > 0 and not np.any(g["wte"]["b"])
 
     trainable = randomize_b(trainable)
+    a = np.random.default_rng(2).standard_normal((64, 4)).astype(np.float32)
+    trainable["wte"] = {**trainable["wte"], "a": jnp.asarray(a)}
     merged = method.merge(params, trainable)
     np.testing.assert_allclose(
-        flat(merged)["wte"] - flat(params)["wte"], 2.0 * a @ np.asarray(trainable["wte"]["b"]), atol=1e-6
+        flat(merged)["wte"] - flat(params)["wte"], 2.0 * a @ np.asarray(trainable["wte"]["b"]), atol=1e-5
     )
     merged_logits = logits(cfg, merged)
     assert np.abs(merged_logits - base_logits).max() > 1e-3
@@ -168,6 +171,14 @@ def test_embedding_targets(scan, tmp_path):
     for k, w in flat(params).items():
         np.testing.assert_allclose(flat(back)[k], w, atol=1e-6, err_msg=k)
     np.testing.assert_allclose(logits(cfg, back), base_logits, atol=1e-5)
+
+    # A first SGD step on a features-only loss (a classifier reads no LM head) moves only the wte rows of
+    # tokens in the batch: the per-token factor learns first. (B-first init moved all 64 rows at once.)
+    feats = lambda t: jnp.sum(GPT(cfg).apply({"params": method.combine(t, frozen)}, IDS, features=True) ** 2)
+    g0 = jax.jit(jax.grad(feats))(method.split(params, jax.random.key(0))[0])
+    moved = np.flatnonzero(np.abs(np.asarray(g0["wte"]["a"])).sum(-1))
+    np.testing.assert_array_equal(moved, np.unique(np.asarray(IDS)))
+    assert len(moved) < 64
 
     # Rank dropout applies to the embedding adapter like any other target.
     drop = LoRA(targets="wte|attn/query", rank=4, alpha=8.0, dropout=0.5)
@@ -219,6 +230,28 @@ def test_gradients_flow_through_combine():
     grads = jax.jit(jax.grad(loss))(trainable)
     for path, g in grads.items():
         assert not np.any(g["a"]) and np.abs(g["b"]).max() > 0, path
+
+
+def test_lora_plus_scales_only_b_updates():
+    """LoRA+ (peft.lora_plus_ratio): after Adam, B's step is ratio x plain LoRA's; A's is unchanged."""
+    import optax
+
+    params = make_params(cfg_of(False))
+    trainable, _ = LoRA(rank=2).split(params, jax.random.key(0))
+    trainable = randomize_b(trainable)
+    grads = jax.tree.map(lambda x: jnp.cos(3.0 * x) + 0.1, trainable)  # non-zero everywhere
+    steps = {}
+    for ratio in (1.0, 16.0):
+        tx = LoRA(rank=2, lr_ratio=ratio).wrap_optimizer(optax.adamw(1e-3, weight_decay=0.1))
+        steps[ratio], _ = tx.update(grads, tx.init(trainable), trainable)
+    for path in trainable:
+        np.testing.assert_array_equal(steps[16.0][path]["a"], steps[1.0][path]["a"])
+        np.testing.assert_allclose(steps[16.0][path]["b"], 16.0 * steps[1.0][path]["b"], rtol=1e-6)
+        assert np.abs(steps[1.0][path]["b"]).max() > 0
+    c = {"method": "lora", "lora_plus_ratio": 4.0}
+    assert peft.make_method(c, 10).lr_ratio == 4.0
+    with pytest.raises(ValueError, match=r"peft.lora_plus_ratio=0.0 must be > 0"):
+        LoRA(lr_ratio=0.0)
 
 
 # ----------------------------------------------------------------------------- adapter files

@@ -11,13 +11,15 @@ and its A/B are batched per layer ([n_layer, in, r], [n_layer, r, out]).
 
 Embeddings (HF PEFT's nn.Embedding LoRA): the token table `wte` [V, D] (and the learned position
 table `wpe` [block, D]) can be targeted too, viewed as (fan_in=V, fan_out=D): W_eff = W + scale * A @ B
-with A [V, r], B [r, D] = 0, so row i's delta is scale * A[i] @ B. They are opt-in: an embedding is
+with A [V, r], B [r, D], so row i's delta is scale * A[i] @ B. They are opt-in: an embedding is
 targeted only when `peft.targets` *fullmatches* its path (HF's regex rule), e.g. 'wte|attn/query', so
 search-style patterns written for kernels ('.', 'mlp', the default) never pick them up; kernels keep
-`re.search`. A lookup's input is one-hot (one non-zero feature), so A's kaiming bound uses fan_in = 1:
-A ~ U(-1, 1), the magnitude of HF's N(0, 1) lora_embedding_B. wte is tied to the output head, so the
-merged/combined wte is used by both the input lookup and the LM head (`logits = x @ wte.T`): the delta
-adapts both, exactly as merging HF's embedding adapter into a tied model does.
+`re.search`. The zero factor is the other way round from kernels, as in HF and loralib: the per-token
+rows A = 0 (HF's lora_embedding_A) and the shared projection B random with unit variance (HF's N(0, 1)
+lora_embedding_B; here U(-sqrt 3, sqrt 3)). So training first moves each seen token's own r-vector,
+not one B shared by the whole vocabulary (which shifts every row at once). wte is tied to the output
+head, so the merged/combined wte is used by both the input lookup and the LM head (`logits = x @ wte.T`):
+the delta adapts both, exactly as merging HF's embedding adapter into a tied model does.
 
 HF PEFT semantics: A ~ kaiming-uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0 (so a fresh
 adapter is exactly the base), scale alpha / r.
@@ -40,6 +42,7 @@ from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import traverse_util
 
 from gpt_jax.config import ModelConfig
@@ -222,11 +225,14 @@ class LoRA(LowRank):
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0  # rank dropout (see module docstring)
+    lr_ratio: float = 1.0  # LoRA+ (Hayou et al. 2024): B's learning rate is lr_ratio x A's (HF loraplus_lr_ratio)
 
     name: ClassVar[str] = "lora"
 
     def __post_init__(self):
         self._validate()
+        if not float(self.lr_ratio) > 0:
+            raise ValueError(f"peft.lora_plus_ratio={self.lr_ratio} must be > 0 (1 = plain LoRA)")
 
     @classmethod
     def from_config(cls, peft: Mapping[str, Any], num_steps: int = 0) -> "LoRA":
@@ -236,20 +242,25 @@ class LoRA(LowRank):
             rank=int(_get(peft, "rank", 8)),
             alpha=float(_get(peft, "alpha", 16.0)),
             dropout=float(_get(peft, "dropout", 0.0)),
+            lr_ratio=float(_get(peft, "lora_plus_ratio", 1.0)),
         )
 
+    def wrap_optimizer(self, tx):
+        return tx if self.lr_ratio == 1.0 else optax.chain(tx, scale_b_updates(float(self.lr_ratio)))
+
     def noise_size(self, view: KernelView) -> int:
-        return view.matrices * view.fan_in * self.rank
+        return view.matrices * (view.fan_out if view.embedding else view.fan_in) * self.rank
 
     @staticmethod
     def draw(rng: jax.Array, n: int) -> jax.Array:
         return jax.random.uniform(rng, (n,), jnp.float32, -1.0, 1.0)
 
     def init_target(self, view: KernelView, noise: jax.Array) -> dict[str, jax.Array]:
+        if view.embedding:  # HF: lora_embedding_A (per-token) = 0, lora_embedding_B ~ unit variance
+            a = jnp.zeros((view.fan_in, self.rank), jnp.float32)
+            return {"a": a, "b": noise.reshape(self.rank, view.fan_out) * math.sqrt(3.0)}
         # HF: kaiming_uniform_(A, a=sqrt(5)) -> bound = gain * sqrt(3 / fan_in) with gain = sqrt(1/3).
-        # An embedding table (batch (), fan_in = rows) is a one-hot lookup: fan_in 1, bound 1.
-        fan_in = 1 if view.embedding else view.fan_in
-        a = noise.reshape(*view.batch, view.fan_in, self.rank) / math.sqrt(fan_in)
+        a = noise.reshape(*view.batch, view.fan_in, self.rank) / math.sqrt(view.fan_in)
         b = jnp.zeros((*view.batch, self.rank, view.fan_out), jnp.float32)
         return {"a": a, "b": b}
 
@@ -260,3 +271,20 @@ class LoRA(LowRank):
     def delta(self, entry, rank_mask=None) -> jax.Array:
         a = entry["a"] if rank_mask is None else entry["a"] * rank_mask[..., None, :]
         return self.scale * jnp.matmul(a, entry["b"], precision=jax.lax.Precision.HIGHEST)
+
+
+def scale_b_updates(ratio: float) -> optax.GradientTransformation:
+    """LoRA+: multiply the final updates of every B by `ratio`, i.e. B trains at ratio x the schedule's lr.
+
+    Applied after the base optimizer, so with Adam(W) B's step (and its decoupled weight decay) is
+    ratio x A's; A, the head and anything else pass through unchanged."""
+
+    def update(updates, state, params=None):
+        del params
+        scaled = {
+            path: ({**u, "b": u["b"] * ratio} if isinstance(u, Mapping) and "b" in u else u)
+            for path, u in updates.items()
+        }
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
