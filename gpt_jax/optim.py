@@ -30,9 +30,17 @@ def make_schedule(optim: Mapping[str, Any], num_steps: int) -> optax.Schedule:
     )
 
 
+def map_with_path(fn, params):
+    """fn(path, leaf) over a nested dict, keeping empty subtrees (a linear probe's backbone is `{}`),
+    so the result has the params' exact tree structure, as optax masks require."""
+    flat = traverse_util.flatten_dict(params, keep_empty_nodes=True)
+    return traverse_util.unflatten_dict(
+        {k: v if v is traverse_util.empty_node else fn(k, v) for k, v in flat.items()}
+    )
+
+
 def decay_mask(params, decay_embeddings: bool = False):
     """True for matmul kernels (and embeddings if asked); biases, norm scales never decay."""
-    flat = traverse_util.flatten_dict(params)
 
     def decays(path, leaf) -> bool:
         name = path[-1]
@@ -40,7 +48,7 @@ def decay_mask(params, decay_embeddings: bool = False):
             return decay_embeddings
         return (name == "lm_head" or name.endswith("kernel")) and leaf.ndim >= 2
 
-    return traverse_util.unflatten_dict({k: decays(k, v) for k, v in flat.items()})
+    return map_with_path(decays, params)
 
 
 def muon_dims(params):
@@ -50,8 +58,6 @@ def muon_dims(params):
     Embeddings and the untied head stay on Adam, as in modded-nanogpt.
     """
     from optax.contrib import MuonDimensionNumbers
-
-    flat = traverse_util.flatten_dict(params)
 
     def dims(path, leaf):
         name = path[-1]
@@ -65,7 +71,7 @@ def muon_dims(params):
             return MuonDimensionNumbers(reduction_axis=(stacked, stacked + 1), output_axis=stacked + 2)
         return MuonDimensionNumbers(reduction_axis=stacked, output_axis=(stacked + 1, stacked + 2))
 
-    return traverse_util.unflatten_dict({k: dims(k, v) for k, v in flat.items()})
+    return map_with_path(dims, params)
 
 
 def make_optimizer(optim: Mapping[str, Any], num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -62,7 +62,7 @@ def leaves_equal_bitwise(a, b) -> bool:
     )
 
 
-@pytest.mark.parametrize("method", ["lora", "adapters"])
+@pytest.mark.parametrize("method", ["lora", "adapters", "frozen"])
 def test_frozen_base_is_bit_identical_and_has_no_optimizer_state(byte_base, tfds_cache, tmp_path, method):
     tr = Trainer(finetune_config(tfds_cache, byte_base, method), tmp_path, write=False)
     assert (tr.task.seq_len, tr.task.lm_head) == (tr.task.max_len, False)  # what tokens/s and MFU count
@@ -180,3 +180,20 @@ def test_bad_finetune_inputs_are_one_line_errors(byte_base, tfds_cache, tmp_path
     c = finetune_config(tfds_cache, byte_base, "nope")
     with pytest.raises(ValueError, match="peft.method"):
         Trainer(c, tmp_path / "w", write=False)
+
+
+@pytest.mark.parametrize("how", ["last", "mean"])
+def test_pooling_reads_only_real_tokens(how):
+    from gpt_jax.tasks.classify import pool
+
+    x_BxLxD = jax.random.normal(jax.random.PRNGKey(0), (3, 6, 4))
+    lengths_B = jnp.array([6, 3, 1])
+    pooled_BxD = pool(x_BxLxD, lengths_B, how)
+    for b, n in enumerate(np.asarray(lengths_B)):
+        real_LxD = np.asarray(x_BxLxD[b, :n])
+        want_D = real_LxD[-1] if how == "last" else real_LxD.mean(0)
+        np.testing.assert_allclose(pooled_BxD[b], want_D, rtol=1e-6, atol=1e-6)
+    # Whatever sits in the pad positions never reaches the pooled vector.
+    pad_BxL = jnp.arange(6)[None] >= lengths_B[:, None]
+    noisy_BxLxD = jnp.where(pad_BxL[..., None], 1e3, x_BxLxD)
+    np.testing.assert_array_equal(pool(noisy_BxLxD, lengths_B, how), pooled_BxD)
