@@ -1,4 +1,5 @@
 """gpt_jax: GPT-style language models in JAX/Flax — pretrain, fine-tune, sample, study."""
+
 from setuptools import find_packages, setup
 
 # Lower bounds are the versions tested together on 2026-11-23 (see README).
@@ -18,7 +19,7 @@ INSTALL_REQUIRES = [
     "tokenizers>=0.23.3",  # byte-level BPE: GPT-2's tokenizer and trained ones
     "safetensors>=0.8.0",  # HF weights, read and written through numpy (no torch)
     "ml_dtypes>=0.5",  # bfloat16 in numpy, for bf16 safetensors files (a jax dependency too)
-    "matplotlib>=3.8",  # loss-curve PNGs (gpt_jax.plot, experiments.sweep), Agg backend
+    "matplotlib>=3.8",  # loss-curve PNGs (gpt_jax.analysis.plot, experiments.sweep), Agg backend
 ]
 
 # The HF oracle for tests, and torch for reading pytorch_model.bin. torch is pinned to the CPU
@@ -36,7 +37,8 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3.5"] + NOTEBOOKS + HF + SENTENCEPIECE,
+        # ruff pinned: its formatter's output changes between releases, and CI checks the format
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6"] + NOTEBOOKS + HF + SENTENCEPIECE,
         "hf": HF,
         "sentencepiece": SENTENCEPIECE,
         # TFDS's built-in datasets (tiny_shakespeare, c4, ...) need TensorFlow to prepare/read.

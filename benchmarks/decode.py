@@ -60,15 +60,18 @@ def bench_jax(case: str, batch: int, repeats: int, min_total_s: float = 2.0) -> 
     import flax.linen as nn
 
     from gpt_jax.config import ModelConfig
-    from gpt_jax.generate import Options, generate, knobs_of, mode_of, pack
     from gpt_jax.generation import decode as dec
+    from gpt_jax.generation.engine import generate
+    from gpt_jax.generation.options import GenerateOptions
+    from gpt_jax.generation.processors import knobs_of, mode_of
+    from gpt_jax.generation.prompts import pack
     from gpt_jax.model import init_params
 
     shape, prompt, new = CASES[case]
     cfg = ModelConfig(**shape)
     params = jax.jit(lambda: nn.meta.unbox(init_params(cfg, jax.random.key(0))))()
     rows = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, prompt))
-    o = Options(max_new_tokens=new, temperature=0)
+    o = GenerateOptions(max_new_tokens=new, temperature=0)
     prompt_BxP, start_B = pack(cfg, list(rows), new)
     mode, knobs, key = mode_of(o, cfg.vocab_size), knobs_of(o, cfg.vocab_size), jax.random.key(0)
     prompt_BxP, start_B, knobs = jax.device_put((prompt_BxP, start_B, knobs))
@@ -82,7 +85,7 @@ def bench_jax(case: str, batch: int, repeats: int, min_total_s: float = 2.0) -> 
         jax.block_until_ready(dec.generate_jit(cfg, mode, cache_len, new, *args))
 
     def api():  # the public call: validation, padding, transfers included
-        generate(cfg, params, rows, max_new_tokens=new, temperature=0)
+        generate(cfg, params, rows, o)
 
     t0 = time.perf_counter()
     api()

@@ -280,7 +280,18 @@ def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def train_table(rows) -> str:
-    head = ["config", "shape", "batch x block", "dtype", "ms/step", "tokens/s", "GFLOP/s", "MFU", "peak GFLOP/s", "compile s"]
+    head = [
+        "config",
+        "shape",
+        "batch x block",
+        "dtype",
+        "ms/step",
+        "tokens/s",
+        "GFLOP/s",
+        "MFU",
+        "peak GFLOP/s",
+        "compile s",
+    ]
     body = []
     for r in rows:
         if "error" in r:
@@ -327,7 +338,14 @@ def decode_table(rows) -> str:
 def memory_table(rows) -> str:
     head = ["case", "what", "peak MiB", "at start MiB", "train state MiB", "measured as"]
     body = [
-        [r["case"], r["what"], _mib(r["peak_bytes"]), _mib(r["start_bytes"]), _mib(r["state_bytes"]), r["memory_source"]]
+        [
+            r["case"],
+            r["what"],
+            _mib(r["peak_bytes"]),
+            _mib(r["start_bytes"]),
+            _mib(r["state_bytes"]),
+            r["memory_source"],
+        ]
         for r in rows
     ]
     return table(head, body)
@@ -420,12 +438,26 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     p.add_argument("--only", action="append", default=[], help="sections: train, decode, memory (comma list or repeat)")
-    p.add_argument("--cases", help="comma list of train cases / decode models (default all; see TRAIN_CASES, DECODE_MODELS)")
+    p.add_argument(
+        "--cases", help="comma list of train cases / decode models (default all; see TRAIN_CASES, DECODE_MODELS)"
+    )
     p.add_argument("--quick", action="store_true", help="tiny shapes in this process (seconds; for tests)")
     p.add_argument("--out", help="results JSON (default benchmarks/results/<machine>[-quick].json)")
     p.add_argument("--note", help="free text stored with the results, e.g. what else was running")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="config override for every train case")
-    p.add_argument("--isolate", choices=("auto", "yes", "no"), default="auto", help="a child process per case (auto: unless --quick)")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every train case",
+    )
+    p.add_argument(
+        "--isolate",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="a child process per case (auto: unless --quick)",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one case, print its JSON
     return p
 
@@ -444,7 +476,9 @@ def parse_cases(text: str | None, quick: bool) -> list[str] | None:
     names, known = [c.strip() for c in text.split(",") if c.strip()], all_cases(quick)
     for name in names:
         if name not in known:
-            raise ValueError(f"--cases={name!r} is not a case{' in --quick' if quick else ''}; choose from {', '.join(known)}")
+            raise ValueError(
+                f"--cases={name!r} is not a case{' in --quick' if quick else ''}; choose from {', '.join(known)}"
+            )
     return names
 
 

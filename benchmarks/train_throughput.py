@@ -15,6 +15,8 @@ import sys
 import tempfile
 import time
 
+USAGE = "usage: python -m benchmarks.train_throughput --config=configs/<name>.py [--config.x=y ...] [--steps=200]"
+
 
 def measure(config, steps: int, rounds: int = 3) -> dict:
     """Median seconds per step over `rounds` timed rounds of ~steps/rounds steps each, after one
@@ -22,13 +24,12 @@ def measure(config, steps: int, rounds: int = 3) -> dict:
     import jax
 
     from gpt_jax import flops
-    from gpt_jax.train import create_train_state
     from gpt_jax.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as workdir:
         tr = Trainer(config, workdir)
         cfg, t = tr.model_cfg, config.train
-        state = create_train_state(cfg, tr.tx, config.seed, tr.shardings)
+        state = tr.init_state()
         k = min(t.steps_per_call, steps)
         t0 = time.perf_counter()
         state, m = tr.run_steps(state, 0, k)  # compile + first call
@@ -72,9 +73,10 @@ def measure(config, steps: int, rounds: int = 3) -> dict:
 
 def main(argv):
     from gpt_jax import run_config
+    from gpt_jax.cli import flags
 
-    config, flags = run_config.parse_args(argv)
-    steps = int(flags.pop("steps", 60))
+    config, values = flags.parse(argv, [flags.Flag("steps", int, 60, "timed steps")], usage=USAGE, config=True)
+    steps = values["steps"]
     config.sample.num_tokens = 0
     run_config.apply_cpu_devices(config)
     result = measure(config, steps)

@@ -6,19 +6,20 @@ Time:     not run here (no accelerator on the project's machines); 600k steps of
 Expect:   val loss ~2.85-2.9 on OpenWebText-like text after 600k steps (nanoGPT's reference run).
 Note:     the byte tokenizer stands in until the GPT-2 BPE tokenizer lands (vocab padded to 50304).
 """
+
 from configs.base import base_config
 
 
 def get_config():
     c = base_config()
     c.model.preset = "gpt2"
-    c.model.vocab_size = 50304     # 50257 padded to a multiple of 64 (nanoGPT): faster matmuls
+    c.model.vocab_size = 50304  # 50257 padded to a multiple of 64 (nanoGPT): faster matmuls
     c.model.dtype = "bfloat16"
     c.model.remat = "dots"
     c.model.scan_layers = True
     c.data.dataset = "tfds:c4/en"  # needs internet + gpt_jax[tf]; any tfds text dataset works
     c.data.tokenizer = "byte"
-    c.train.batch_size = 480       # x 1024 tokens = 491,520 tokens per step
+    c.train.batch_size = 480  # x 1024 tokens = 491,520 tokens per step
     c.train.grad_accum = 1
     c.train.num_steps = 600_000
     c.train.steps_per_call = 1

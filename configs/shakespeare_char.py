@@ -6,6 +6,7 @@ Time:     15-19 s/step on the project's 2-core CPU (5000 steps ~ 1 day; measured
           minutes on one GPU.
 Expect:   val loss ~1.47 at step 5000 (nanoGPT's README figure for this recipe; not reproduced here).
 """
+
 from configs.base import base_config
 
 
@@ -15,7 +16,7 @@ def get_config():
     c.model.dropout = 0.2
     c.train.batch_size = 64
     c.train.num_steps = 5000
-    c.train.steps_per_call = 1     # each step is seconds long on CPU: dispatch cost is noise
+    c.train.steps_per_call = 1  # each step is seconds long on CPU: dispatch cost is noise
     c.train.log_every = 10
     c.train.eval_every = 250
     c.train.eval_batches = 200

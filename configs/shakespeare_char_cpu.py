@@ -6,6 +6,7 @@ Time:     2-3 min on the project's 2-core CPU (Zen 3, AVX2), compile included (1
 Expect:   val loss ~1.90 at step 2000 (seeds 0/1/2: 1.907, 1.912, 1.878 on the 20-batch eval; 1.898, 1.898,
           1.904 on 200 fixed batches, where nanoGPT's own models from this recipe score 1.901-1.909).
 """
+
 from configs.base import base_config
 
 

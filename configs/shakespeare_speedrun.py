@@ -16,6 +16,7 @@ What it changes from nanoGPT's CPU recipe (configs/shakespeare_char_cpu.py: 4/4/
 - one evaluation, at the end, no sample, no checkpoint before the last;
 - the persistent compilation cache (train.compile_cache_dir, on by default) so a rerun does not recompile.
 """
+
 from configs.shakespeare_char_cpu import get_config as cpu_recipe
 
 

@@ -6,6 +6,7 @@ Time:     8.2 min here (1,200 steps of 32 x 64 tokens, 5.3k tokens/s).
 Expect:   val loss 3.64 (BPE 4096); the base of README "Fine-tuning results". Muon + RoPE, the two
           largest ablation wins (README "Ablations"); with AdamW + learned positions it reaches 4.44.
 """
+
 from configs.base import base_config
 
 
@@ -24,7 +25,7 @@ def get_config():
     c.train.num_steps = 1200
     c.train.eval_every = 300
     c.train.eval_batches = 20
-    c.optim.name = "muon"          # Muon on the hidden kernels, AdamW on the rest, at this lr
+    c.optim.name = "muon"  # Muon on the hidden kernels, AdamW on the rest, at this lr
     c.optim.lr = 2e-3
     c.optim.min_lr = 2e-4
     c.optim.warmup_steps = 100

@@ -4,6 +4,7 @@ Run:      python -m gpt_jax.main --config=configs/tiny.py --workdir=runs/tiny
 Time:     ~10 s here (mostly compilation).
 Expect:   val loss falls from ~4.2 to ~2.9 in 60 steps (a sanity check, not a result).
 """
+
 from configs.base import base_config
 
 

@@ -32,7 +32,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from gpt_jax import plot, run_config
+from gpt_jax import run_config
+from gpt_jax.analysis import plot
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections")
 RUN_INFO, SUMMARY, SWEEP_FILE = "run_info.json", "summary.json", "sweep.json"

@@ -1,2 +1,3 @@
 """gpt_jax: GPT-style language models in JAX/Flax."""
+
 __version__ = "0.1.0"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
 from gpt_jax.kv_cache import K_AXES, V_AXES
-from gpt_jax.layers import Dense, apply_rope, matmul, normal
+from gpt_jax.layers import apply_rope, matmul, normal
 
 
 def causal_mask(q_len: int, kv_len: int) -> jax.Array:
@@ -98,39 +100,6 @@ def with_prefix(k_BxGxLxK, v_BxGxLxK, mask_BxLxT, pk_GxPxK, pv_GxPxK, at: int):
     return k_BxGxQxK, v_BxGxQxK, mask_BxLxU
 
 
-class Prefix(nn.Module):
-    """Prefix tuning (Li & Liang 2021): P trainable key/value slots per layer -> (pk_GxPxK, pv_GxPxK).
-
-    prefix_hidden = 0: the slots are parameters (prefix_key, prefix_value). prefix_hidden > 0: they
-    are an MLP (tanh) of a per-layer prefix_embed [P, D], the reparameterisation the paper found
-    trains more stably; `gpt_jax.peft.prefix.fold` turns a trained one into direct slots.
-    Init N(0, 1), as Hugging Face PEFT's prefix embedding. Slots carry no position (no rope).
-    """
-
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self):
-        cfg = self.cfg
-        g, p, k = cfg.kv_heads, cfg.prefix_len, cfg.head_dim
-
-        def param(name, axes, shape, std=1.0):
-            return self.param(name, nn.with_logical_partitioning(normal(std), axes), shape, cfg.params_dtype)
-
-        if not cfg.prefix_hidden:
-            # Small slots: N(0, 1) keys/values (HF PEFT's embedding init) swamp a small base's attention
-            # at step 0 and SST-2 prefix tuning then stayed at chance; 0.02 starts near the base.
-            pk_GxPxK = param("prefix_key", ("kv_heads", None, "head_dim"), (g, p, k), 0.02)
-            pv_GxPxK = param("prefix_value", ("kv_heads", None, "head_dim"), (g, p, k), 0.02)
-            return pk_GxPxK.astype(jnp.float32), pv_GxPxK.astype(jnp.float32)
-        embed_PxD = param("prefix_embed", (None, "embed"), (p, cfg.n_embd))
-        fc = Dense((cfg.prefix_hidden,), ("embed", None), cfg, use_bias=True, name="prefix_fc")
-        proj = Dense((2, g, k), (None, None, "kv_heads", "head_dim"), cfg, use_bias=True, name="prefix_proj")
-        kv_PxTxGxK = proj(jnp.tanh(fc(embed_PxD)))  # T = 2: keys, values
-        kv_TxGxPxK = jnp.transpose(kv_PxTxGxK, (1, 2, 0, 3))
-        return kv_TxGxPxK[0], kv_TxGxPxK[1]
-
-
 def resolve_attention(name: str) -> str:
     if name != "auto":
         return name
@@ -179,6 +148,8 @@ class CausalSelfAttention(nn.Module):
     """
 
     cfg: ModelConfig
+    # () -> (k_GxPxK, v_GxPxK): extra key/value slots every query attends (gpt_jax.model.Extensions)
+    kv_prefix: Callable[[ModelConfig], nn.Module] | None = None
 
     @nn.compact
     def __call__(self, x_BxLxD, positions_BxL, mask_BxLxT, deterministic: bool = True, kv=None, index=None):
@@ -191,12 +162,12 @@ class CausalSelfAttention(nn.Module):
             k_BxGxLxK = apply_rope(k_BxGxLxK, positions_BxL, cfg.rope_theta)
         fresh = kv is None or mask_BxLxT.shape[-1] == x_BxLxD.shape[1]  # no cache, or nothing cached yet
         ks_BxGxQxK, vs_BxGxQxK, mask_BxLxU = k_BxGxLxK, v_BxGxLxK, mask_BxLxT  # the keys attended, with the prefix
-        if cfg.prefix_len:
+        if self.kv_prefix is not None:
             at = 0 if fresh else mask_BxLxT.shape[-1] - x_BxLxD.shape[1]
             ks_BxGxQxK, vs_BxGxQxK, mask_BxLxU = with_prefix(
-                k_BxGxLxK, v_BxGxLxK, mask_BxLxT, *Prefix(cfg, name="prefix")(), at
+                k_BxGxLxK, v_BxGxLxK, mask_BxLxT, *self.kv_prefix(cfg)(), at
             )
-        # Attention maps (gpt_jax.attention_maps): only when the caller made 'intermediates' mutable,
+        # Attention maps (gpt_jax.analysis.attention_maps): only when the caller made 'intermediates' mutable,
         # and then on the einsum path whatever cfg.attention says (fused kernels never form them).
         sow = kv is None and self.is_mutable_collection("intermediates")
         if fresh and (sow or resolve_attention(cfg.attention) == "einsum"):

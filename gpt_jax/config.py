@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -40,10 +41,6 @@ class ModelConfig:
     attention: str = "auto"  # auto: dot_product on GPU/TPU, einsum on CPU (measured faster there)
     remat: str = "none"
     scan_layers: bool = False
-    # Parameter-efficient fine-tuning modules (gpt_jax.peft.adapters / .prefix); 0 = absent.
-    adapter_dim: int = 0  # Houlsby bottleneck adapter width, after each attention and MLP output
-    prefix_len: int = 0  # prefix tuning: trainable key/value slots every query attends, per layer
-    prefix_hidden: int = 0  # >0: the prefix comes from an MLP this wide (Li & Liang's reparameterisation)
 
     def __post_init__(self):
         def check(name, value, allowed):
@@ -67,13 +64,6 @@ class ModelConfig:
             raise ValueError(
                 f"model.n_head={self.n_head} is not divisible by model.n_kv_head={self.kv_heads}; "
                 "pick n_kv_head dividing n_head"
-            )
-        for name in ("adapter_dim", "prefix_len", "prefix_hidden"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"model.{name}={getattr(self, name)} must be >= 0 (0 = off)")
-        if self.prefix_hidden and not self.prefix_len:
-            raise ValueError(
-                f"model.prefix_hidden={self.prefix_hidden} needs model.prefix_len > 0; set prefix_len or prefix_hidden=0"
             )
         if self.pos == "rope" and self.head_dim % 2:
             raise ValueError(f"rope needs an even head dim, got {self.head_dim}; change model.n_embd or model.n_head")
@@ -124,6 +114,7 @@ def model_config_from(model_cfg: Mapping[str, Any], **overrides) -> ModelConfig:
     """
     values = dict(model_cfg)
     preset = values.pop("preset", None)
+    values.pop("family", None)  # which family: gpt_jax.models.registry
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"unknown model config key(s) {unknown}; valid keys: {sorted(FIELDS) + ['preset']}")

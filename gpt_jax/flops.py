@@ -48,7 +48,7 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int, lm_head: bool = True) 
     return 3 * matmul_flops_per_token(cfg, seq_len, lm_head)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured_cpu_peak(dtype: str = "float32", n: int = 1024, repeats: int = 10) -> float:
     """Practical matmul peak of this CPU (all cores), measured once per process (~0.1-0.5 s).
 

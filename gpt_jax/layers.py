@@ -6,7 +6,7 @@ Every parameter carries logical axis names ("embed", "mlp", "heads", ...) that
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -105,24 +105,6 @@ class MLP(nn.Module):
         h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "mlp"))
         y = Dense((cfg.n_embd,), ("mlp", "embed"), cfg, kernel_init=out_init, name="proj")(h_BxLxF)
         return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
-
-
-class Adapter(nn.Module):
-    """Houlsby et al. 2019 bottleneck adapter: y + up(gelu(down(y))).
-
-    `up` starts at zero, so a fresh adapter is the identity and a model with new adapters computes
-    exactly what its base did; training then moves only the small bottleneck.
-    """
-
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self, y_BxLxD):
-        cfg = self.cfg
-        h_BxLxA = Dense((cfg.adapter_dim,), ("embed", None), cfg, use_bias=True, name="down")(y_BxLxD)
-        h_BxLxA = nn.gelu(h_BxLxA, approximate=True)
-        up = Dense((cfg.n_embd,), (None, "embed"), cfg, kernel_init=nn.initializers.zeros, use_bias=True, name="up")
-        return y_BxLxD + up(h_BxLxA)
 
 
 def sinusoidal_positions(length: int, dim: int, dtype=jnp.float32) -> jax.Array:

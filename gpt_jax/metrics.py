@@ -12,8 +12,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -116,15 +117,13 @@ class MetricWriter:
                 os.replace(self.path, self.path.with_name(METRICS_FILE + ".old"))
         else:
             self._truncate_after(int(resume_step))
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run, closed by close()
         if tensorboard:
             SummaryWriter = _tensorboardx_writer()
 
             tb_dir = self.workdir / TB_DIR
             had_events = tb_dir.is_dir() and any(tb_dir.glob("events.out.tfevents.*"))
-            purge_step = (
-                int(resume_step) + 1 if resume_step is not None else (0 if had_events else None)
-            )
+            purge_step = int(resume_step) + 1 if resume_step is not None else (0 if had_events else None)
             self._tb = SummaryWriter(str(tb_dir), purge_step=purge_step)
 
     def _truncate_after(self, step: int) -> None:

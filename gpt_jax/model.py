@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -10,30 +12,89 @@ import jax.numpy as jnp
 
 from gpt_jax.attention import CausalSelfAttention, causal_mask
 from gpt_jax.config import ModelConfig
-from gpt_jax.layers import MLP, Adapter, Norm, matmul, normal, sinusoidal_positions
+from gpt_jax.layers import MLP, Norm, matmul, normal, sinusoidal_positions
 
 EMBED_STD = 0.02  # GPT-2's token/position embedding init
 
 
+@dataclasses.dataclass(frozen=True)
+class Extensions:
+    """Modules a wrapper adds to every layer (gpt_jax.peft builds them); the GPT only knows where they go.
+
+    sublayer(cfg, name) -> a module y_BxLxD -> y_BxLxD applied to the output of sublayer `name` ("attn",
+      then "mlp") of every block, before its residual add.
+    kv_prefix(cfg) -> a module () -> (k_GxPxK, v_GxPxK) float32: P extra key/value slots every query of
+      the layer attends, before the real keys (they carry no position and are never cached).
+    The factories run inside the block/attention, so the module they build (and name) sits there in the
+    param tree. They must be hashable values (frozen dataclasses): configs are jit static arguments.
+    """
+
+    sublayer: Callable[[ModelConfig, str], nn.Module] | None = None
+    kv_prefix: Callable[[ModelConfig], nn.Module] | None = None
+
+
+NO_EXTENSIONS = Extensions()
+
+
+class ExtendedConfig(ModelConfig):
+    """A ModelConfig carrying Extensions: what `GPT(cfg)` builds when a wrapper (gpt_jax.peft) adds modules.
+
+    The extensions are not dataclass fields: the architecture (`dataclasses.fields` / `asdict`, what
+    model_config.json holds and a resume compares) stays the base's, and the wrapper rebuilds its
+    modules from its own config. Equality, hashing, `replace` and repr include them.
+    """
+
+    def __init__(self, base: ModelConfig, extensions: Extensions):
+        super().__init__(**dataclasses.asdict(base))  # validates as a ModelConfig
+        object.__setattr__(self, "extensions", extensions)
+
+    def base(self) -> ModelConfig:
+        return ModelConfig(**dataclasses.asdict(self))
+
+    def replace(self, **kw) -> ExtendedConfig:
+        return ExtendedConfig(self.base().replace(**kw), self.extensions)
+
+    def __eq__(self, other):
+        return type(other) is ExtendedConfig and (self.base(), self.extensions) == (other.base(), other.extensions)
+
+    def __hash__(self):
+        return hash((self.base(), self.extensions))
+
+    def __repr__(self):
+        return f"ExtendedConfig({self.base()!r}, {self.extensions!r})"
+
+
+def extensions_of(cfg: ModelConfig) -> Extensions:
+    return cfg.extensions if isinstance(cfg, ExtendedConfig) else NO_EXTENSIONS
+
+
+def extend(cfg: ModelConfig, **slots) -> ExtendedConfig:
+    """`cfg` with the Extensions slots given (sublayer=..., kv_prefix=...) set, the others kept."""
+    base = cfg.base() if isinstance(cfg, ExtendedConfig) else cfg
+    return ExtendedConfig(base, dataclasses.replace(extensions_of(cfg), **slots))
+
+
 class Block(nn.Module):
     cfg: ModelConfig
+    ext: Extensions = NO_EXTENSIONS
 
     @nn.compact
     def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, deterministic: bool = True, kv=None, index=None):
+        cfg, ext = self.cfg, self.ext
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
-        h = Norm(self.cfg, name="ln_1")(x_BxLxD)
-        attn = CausalSelfAttention(self.cfg, name="attn")
+        h = Norm(cfg, name="ln_1")(x_BxLxD)
+        attn = CausalSelfAttention(cfg, ext.kv_prefix, name="attn")
         if kv is None:
             y_BxLxD = attn(h, positions_BxL, mask_BxLxS, deterministic)
         else:
             y_BxLxD, kv = attn(h, positions_BxL, mask_BxLxS, deterministic, kv, index)
-        if self.cfg.adapter_dim:  # Houlsby: on each sublayer's output, before its residual add
-            y_BxLxD = Adapter(self.cfg, name="adapter_attn")(y_BxLxD)
+        if ext.sublayer is not None:
+            y_BxLxD = ext.sublayer(cfg, "attn")(y_BxLxD)
         x_BxLxD = x_BxLxD + y_BxLxD
-        h = Norm(self.cfg, name="ln_2")(x_BxLxD)
-        y_BxLxD = MLP(self.cfg, name="mlp")(h, deterministic)
-        if self.cfg.adapter_dim:
-            y_BxLxD = Adapter(self.cfg, name="adapter_mlp")(y_BxLxD)
+        h = Norm(cfg, name="ln_2")(x_BxLxD)
+        y_BxLxD = MLP(cfg, name="mlp")(h, deterministic)
+        if ext.sublayer is not None:
+            y_BxLxD = ext.sublayer(cfg, "mlp")(y_BxLxD)
         x_BxLxD = x_BxLxD + y_BxLxD
         return x_BxLxD if kv is None else (x_BxLxD, kv)
 
@@ -42,10 +103,11 @@ class ScannedBlock(nn.Module):
     """Block with the (carry, x) -> (carry, y) signature nn.scan wants."""
 
     cfg: ModelConfig
+    ext: Extensions = NO_EXTENSIONS
 
     @nn.compact
     def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, deterministic: bool, kv=None, index=None):
-        out = Block(self.cfg, name="block")(x_BxLxD, positions_BxL, mask_BxLxS, deterministic, kv, index)
+        out = Block(self.cfg, self.ext, name="block")(x_BxLxD, positions_BxL, mask_BxLxS, deterministic, kv, index)
         return out if kv is not None else (out, None)  # with a cache: (x, this layer's updated kv)
 
 
@@ -66,9 +128,11 @@ class GPT(nn.Module):
     x_BxLxD (after ln_f, float32) instead of logits, for task heads.
 
     Attention maps: `apply(..., mutable=['intermediates'])` (no cache) also returns, per layer,
-    intermediates/h_{i}/attn/attention_weights = (p_BxHxLxS,) (float32; with a prefix the first
-    prefix_len key columns are its slots); with scan_layers, h/block/attn/attention_weights with a
+    intermediates/h_{i}/attn/attention_weights = (p_BxHxLxS,) (float32; with kv_prefix extensions the
+    first P key columns are their slots); with scan_layers, h/block/attn/attention_weights with a
     leading layer axis.
+
+    `cfg` may be an ExtendedConfig: its Extensions are built into every block.
     """
 
     cfg: ModelConfig
@@ -84,7 +148,7 @@ class GPT(nn.Module):
         last_only=False,
         features: bool = False,
     ):
-        cfg = self.cfg
+        cfg, ext = self.cfg, extensions_of(self.cfg)
         b, l = ids_BxL.shape
         if l > cfg.block_size and cfg.pos == "learned":
             raise ValueError(f"sequence length {l} exceeds model.block_size={cfg.block_size}; crop the input")
@@ -113,8 +177,8 @@ class GPT(nn.Module):
             )
             x_BxLxD = x_BxLxD + jnp.take(wpe, positions_BxL, axis=0).astype(jnp.float32)
         elif cfg.pos == "sinusoidal":
-            # At the scale a learned table starts at (RMS 0.02): the unit-amplitude table is 35x the token
-            # embeddings and swamped them (val loss 2.31 vs 1.90 learned in the CPU-recipe ablation).
+            # At the scale a learned table starts at (RMS 0.02): a unit-amplitude table is 35x the token
+            # embeddings and swamps them (experiments/results/positions.md).
             table = sinusoidal_positions(cfg.block_size, cfg.n_embd) * (EMBED_STD * 2**0.5)
             x_BxLxD = x_BxLxD + jnp.take(table, positions_BxL, axis=0)
         x_BxLxD = nn.Dropout(cfg.dropout)(x_BxLxD, deterministic=deterministic)
@@ -130,14 +194,14 @@ class GPT(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             args = ((cache.k, cache.v), cache.index) if cache is not None else ()
-            x_BxLxD, kv = stack(cfg, name="h")(x_BxLxD, positions_BxL, mask_BxLxS, deterministic, *args)
+            x_BxLxD, kv = stack(cfg, ext, name="h")(x_BxLxD, positions_BxL, mask_BxLxS, deterministic, *args)
             if cache is not None:
                 cache = cache.replace(k=kv[0], v=kv[1])
         else:
             block_cls = _remat(Block, cfg.remat, static_argnums=(4,))
             ks, vs = [], []
             for i in range(cfg.n_layer):
-                block = block_cls(cfg, name=f"h_{i}")
+                block = block_cls(cfg, ext, name=f"h_{i}")
                 if cache is None:
                     x_BxLxD = block(x_BxLxD, positions_BxL, mask_BxLxS, deterministic)
                 else:

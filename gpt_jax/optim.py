@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import optax
@@ -34,9 +35,7 @@ def map_with_path(fn, params):
     """fn(path, leaf) over a nested dict, keeping empty subtrees (a linear probe's backbone is `{}`),
     so the result has the params' exact tree structure, as optax masks require."""
     flat = traverse_util.flatten_dict(params, keep_empty_nodes=True)
-    return traverse_util.unflatten_dict(
-        {k: v if v is traverse_util.empty_node else fn(k, v) for k, v in flat.items()}
-    )
+    return traverse_util.unflatten_dict({k: v if v is traverse_util.empty_node else fn(k, v) for k, v in flat.items()})
 
 
 def decay_mask(params, decay_embeddings: bool = False):
@@ -51,30 +50,10 @@ def decay_mask(params, decay_embeddings: bool = False):
     return map_with_path(decays, params)
 
 
-def muon_dims(params):
-    """Muon's view of each hidden kernel as a (fan_in, fan_out) matrix; None (Adam) for the rest.
-
-    q/k/v kernels are [D, H, K] (in: D), the attention out_kernel [H, K, D] (in: H*K), MLP kernels 2-D.
-    Embeddings and the untied head stay on Adam, as in modded-nanogpt.
-    """
-    from optax.contrib import MuonDimensionNumbers
-
-    def dims(path, leaf):
-        name = path[-1]
-        if name in ("wte", "wpe", "lm_head") or not name.endswith("kernel"):
-            return None
-        stacked = 1 if leaf.ndim >= 3 and "h" in path else 0  # scan_layers: leading layer axis
-        nd = leaf.ndim - stacked
-        if nd == 2:
-            return MuonDimensionNumbers(reduction_axis=stacked, output_axis=stacked + 1)
-        if name == "out_kernel":
-            return MuonDimensionNumbers(reduction_axis=(stacked, stacked + 1), output_axis=stacked + 2)
-        return MuonDimensionNumbers(reduction_axis=stacked, output_axis=(stacked + 1, stacked + 2))
-
-    return map_with_path(dims, params)
-
-
-def make_optimizer(optim: Mapping[str, Any], num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    optim: Mapping[str, Any], num_steps: int, matrix_dims: Callable[[Any], Any] | None = None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """`matrix_dims`: the model family's (fan_in, fan_out) view of its matrices, which Muon needs."""
     schedule = make_schedule(optim, num_steps)
     name = optim.get("name", "adamw")
     mask = lambda p: decay_mask(p, bool(optim.get("decay_embeddings", False)))
@@ -95,7 +74,9 @@ def make_optimizer(optim: Mapping[str, Any], num_steps: int) -> tuple[optax.Grad
             adam_b1=b1,
             adam_b2=b2,
             adam_weight_decay=wd,
-            muon_weight_dimension_numbers=muon_dims,
+            muon_weight_dimension_numbers=_required(
+                matrix_dims, "optim.name=muon needs the model family's matrix_dims"
+            ),
             consistent_rms=0.2,
             ns_steps=int(optim.get("muon_ns_steps", 5)),
         )
@@ -107,6 +88,12 @@ def make_optimizer(optim: Mapping[str, Any], num_steps: int) -> tuple[optax.Grad
     if clip:
         opt = optax.chain(optax.clip_by_global_norm(float(clip)), opt)
     return opt, schedule
+
+
+def _required(value, what: str):
+    if value is None:
+        raise ValueError(f"{what}; pass make_optimizer(..., matrix_dims=family.matrix_dims)")
+    return value
 
 
 def tree_bytes(tree) -> int:

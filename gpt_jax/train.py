@@ -1,13 +1,17 @@
 """Train state and the pure step functions: `train_step(state, batch) -> (state, metrics)`.
 
-The step is generic over a loss `loss_fn(params, frozen, batch, rng) -> (summed loss, count)`: what is
-trained (LM pretraining, a classifier, SFT, a PEFT method) lives in gpt_jax.tasks, never here.
-The loop that drives them (data, logging, checkpoints) is `gpt_jax.trainer`.
+Generic over what is trained: a step is a sequence of `Update`s, each a loss differentiated with respect
+to one named sub-model (or the whole trainable tree) and applied by its own optimizer. One model is one
+update; a generator and a discriminator are two, alternating inside the step; a frozen teacher beside a
+student lives in `frozen`. Losses come from gpt_jax.tasks / gpt_jax.objectives; the loop that drives the
+step (data, logging, checkpoints) is gpt_jax.trainer.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -15,13 +19,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gpt_jax import masks
 from gpt_jax import sharding as shd
-from gpt_jax.config import ModelConfig
-from gpt_jax.model import GPT, init_params
 
 Batch = dict[str, jax.Array]  # inputs_BxL, targets_BxL, optional weights_BxL (see gpt_jax.masks for more)
-LossFn = Callable[..., tuple[jax.Array, jax.Array]]
 # (params, frozen, batch, rng | None) -> (summed loss, count); rng None = eval mode (no dropout)
 TaskLossFn = Callable[[Any, Any, Batch, Any], tuple[jax.Array, jax.Array]]
 # (params, frozen, batch) -> {metric: (sum, count)}; eval means are sum / count over all batches
@@ -31,80 +31,113 @@ MetricsFn = Callable[[Any, Any, Batch], dict[str, tuple[jax.Array, jax.Array]]]
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array  # int32 scalar: optimizer steps taken
-    params: Any  # the trainable tree: the optimizer sees only this
-    opt_state: Any
+    params: Any  # the trainable tree (a dict of named sub-models when updates are named)
+    opt_state: Any  # one optimizer state, or {name: state} for named updates
     rng: jax.Array  # typed PRNG key; dropout keys are fold_in(rng, step)
-    frozen: Any = flax.struct.field(default_factory=dict)  # carried through steps untouched (PEFT bases)
+    frozen: Any = flax.struct.field(default_factory=dict)  # carried through steps untouched (PEFT bases, teachers)
 
 
-def causal_lm_loss(logits_BxLxV, batch: Batch) -> tuple[jax.Array, jax.Array]:
-    """Summed next-token cross entropy (float32) and the number of counted tokens."""
-    losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV.astype(jnp.float32), batch["targets"])
-    weights_BxL = batch.get("weights")
-    if weights_BxL is None:
-        return losses_BxL.sum(), jnp.asarray(losses_BxL.size, jnp.float32)
-    weights_BxL = weights_BxL.astype(jnp.float32)
-    return (losses_BxL * weights_BxL).sum(), weights_BxL.sum()
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """`loss` differentiated w.r.t. `params[name]` (the whole trainable tree when `name` is None) and
+    applied by `tx`. The loss always sees every sub-model: the latest values, so updates alternate."""
+
+    loss: TaskLossFn
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    name: str | None = None
 
 
-def lm_loss(cfg: ModelConfig, loss_fn: LossFn = causal_lm_loss) -> TaskLossFn:
-    """Pretraining loss: GPT over `inputs` with the batch's mask/positions (gpt_jax.masks), `loss_fn` on logits."""
-    model = GPT(cfg)
+@dataclasses.dataclass(frozen=True)
+class Optimizers:
+    """The optimizer state of a list of updates: `init(params)` like an optax transformation."""
 
-    def loss(params, frozen, batch, rng):
-        del frozen
-        length = batch["inputs"].shape[-1]
-        mask = masks.attention_mask(batch, length) if masks.needs_mask(batch) else None
-        logits = model.apply(
-            {"params": params},
-            batch["inputs"],
-            positions_BxL=batch.get("positions"),
-            mask_BxLxS=mask,
-            deterministic=rng is None,
-            rngs=None if rng is None else {"dropout": rng},
-        )
-        return loss_fn(logits, batch)
+    updates: tuple[Update, ...]
 
-    return loss
+    def init(self, params):
+        if len(self.updates) == 1 and self.updates[0].name is None:
+            return self.updates[0].tx.init(params)
+        named = {u.name: u.tx for u in self.updates}  # an update repeated (n_critic) shares its state
+        if None in named:
+            raise ValueError("several updates in one step must each name the sub-model they train")
+        return {name: tx.init(params[name]) for name, tx in named.items()}
 
 
-def make_step(loss: TaskLossFn, tx: optax.GradientTransformation, schedule: optax.Schedule, *, grad_accum: int = 1):
-    """Pure train step over `loss`; with grad_accum > 1 the batch is split into micro-batches scanned in order."""
+def _loss_and_grads(loss: TaskLossFn, params, frozen, batch: Batch, rng, grad_accum: int):
+    """(summed loss, count, mean gradient); with grad_accum > 1 the batch is split into micro-batches
+    scanned in order."""
     grad_fn = jax.value_and_grad(loss, has_aux=True)
+    if grad_accum == 1:
+        (loss_sum, count), grads = grad_fn(params, frozen, batch, rng)
+    else:
+        micro = jax.tree.map(lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
+
+        def accumulate(carry, xs):
+            i, mb = xs
+            (l, c), g = grad_fn(params, frozen, mb, jax.random.fold_in(rng, i))
+            return jax.tree.map(jnp.add, carry, (l, c, g)), None
+
+        zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+        (loss_sum, count, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro))
+    return loss_sum, count, jax.tree.map(lambda g: g / count, grads)
+
+
+def make_updates_step(updates: Sequence[Update], *, grad_accum: int = 1, skip_nonfinite: bool = False):
+    """Pure train step applying `updates` in order. Metrics: `train_loss`, `grad_norm`, `lr` for a single
+    unnamed update; `<name>_loss`, `<name>_grad_norm`, `<name>_lr` for named ones; always `finite`.
+
+    metrics["finite"] is 1 when every loss and gradient norm is finite. With `skip_nonfinite` a step that
+    is not finite leaves params and optimizer state as they were (the step count still advances, so the
+    data moves on); otherwise the host stops the run (gpt_jax.nonfinite)."""
+    updates = tuple(updates)
+    single = len(updates) == 1 and updates[0].name is None
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(state.rng, state.step)
-        if grad_accum == 1:
-            (loss_sum, count), grads = grad_fn(state.params, state.frozen, batch, rng)
-        else:
-            micro = jax.tree.map(lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
-
-            def accumulate(carry, xs):
-                i, mb = xs
-                (l, c), g = grad_fn(state.params, state.frozen, mb, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (l, c, g)), None
-
-            zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
-            (loss_sum, count, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro))
-        grads = jax.tree.map(lambda g: g / count, grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"train_loss": loss_sum / count, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+        params, opt_state, metrics, finite = state.params, state.opt_state, {}, jnp.asarray(True)
+        for i, u in enumerate(updates):
+            u_rng = rng if i == 0 else jax.random.fold_in(rng, 1_000_003 + i)
+            if single:
+                loss, sub, sub_opt = u.loss, params, opt_state
+            else:
+                loss = lambda sub_p, fr, b, r, u=u, p=params: u.loss({**p, u.name: sub_p}, fr, b, r)
+                sub, sub_opt = params[u.name], opt_state[u.name]
+            loss_sum, count, grads = _loss_and_grads(loss, sub, state.frozen, batch, u_rng, grad_accum)
+            step_updates, sub_opt = u.tx.update(grads, sub_opt, sub)
+            sub = optax.apply_updates(sub, step_updates)
+            train_loss, grad_norm = loss_sum / count, optax.tree.norm(grads)
+            finite = finite & jnp.isfinite(train_loss) & jnp.isfinite(grad_norm)
+            prefix = "train_" if single else f"{u.name}_"
+            metrics.update(
+                {
+                    f"{prefix}loss": train_loss,
+                    f"{'' if single else prefix}grad_norm": grad_norm,
+                    f"{'' if single else prefix}lr": u.schedule(state.step),
+                }
+            )
+            if single:
+                params, opt_state = sub, sub_opt
+            else:
+                params, opt_state = {**params, u.name: sub}, {**opt_state, u.name: sub_opt}
+        if skip_nonfinite:
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        metrics["finite"] = finite
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
 
 
-def make_train_step(
-    cfg: ModelConfig,
+def make_step(
+    loss: TaskLossFn,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     *,
     grad_accum: int = 1,
-    loss_fn: LossFn = causal_lm_loss,
+    skip_nonfinite: bool = False,
 ):
-    """The pretraining step: `make_step` over `lm_loss(cfg, loss_fn)`."""
-    return make_step(lm_loss(cfg, loss_fn), tx, schedule, grad_accum=grad_accum)
+    """The step of one model: a single update of the whole trainable tree (see make_updates_step)."""
+    return make_updates_step([Update(loss, tx, schedule)], grad_accum=grad_accum, skip_nonfinite=skip_nonfinite)
 
 
 def scan_steps(train_step):
@@ -125,7 +158,11 @@ def make_eval(metrics_fn: MetricsFn):
     def eval_step(params, frozen, batches: Batch) -> dict[str, jax.Array]:
         def one(carry, batch):
             got = metrics_fn(params, frozen, batch)
-            return jax.tree.map(jnp.add, carry, {k: (jnp.asarray(s, jnp.float32), jnp.asarray(c, jnp.float32)) for k, (s, c) in got.items()}), None
+            return jax.tree.map(
+                jnp.add,
+                carry,
+                {k: (jnp.asarray(s, jnp.float32), jnp.asarray(c, jnp.float32)) for k, (s, c) in got.items()},
+            ), None
 
         first = jax.tree.map(lambda x: x[0], batches)
         shapes = jax.eval_shape(lambda: metrics_fn(params, frozen, first))
@@ -136,25 +173,17 @@ def make_eval(metrics_fn: MetricsFn):
     return eval_step
 
 
-def lm_metrics(cfg: ModelConfig, loss_fn: LossFn = causal_lm_loss) -> MetricsFn:
-    loss = lm_loss(cfg, loss_fn)
-    return lambda params, frozen, batch: {"val_loss": loss(params, frozen, batch, None)}
-
-
-def make_eval_step(cfg: ModelConfig, loss_fn: LossFn = causal_lm_loss):
-    """Mean LM loss over eval batches stacked as [N, B, L]."""
-    step = make_eval(lm_metrics(cfg, loss_fn))
-    return lambda params, batches: step(params, {}, batches)["val_loss"]
-
-
-def param_shardings(tree, gpt_boxed, mesh, rules=shd.DEFAULT_RULES):
-    """NamedShardings for any tree holding GPT params: a leaf whose path ends with a GPT param's path
-    (and has its shape) takes that param's logical sharding; anything else (heads, adapters) replicates."""
+def param_shardings(tree, boxed_reference, mesh, rules=shd.DEFAULT_RULES):
+    """NamedShardings for any tree holding a model's params: a leaf whose path ends with a reference param's
+    path (and has its shape) takes that param's logical sharding; anything else (heads, adapters) replicates."""
     by_path = {}
-    gpt_shardings = shd.logical_sharding(gpt_boxed, mesh, rules)
+    gpt_shardings = shd.logical_sharding(boxed_reference, mesh, rules)
     for path, sharding in jax.tree_util.tree_leaves_with_path(gpt_shardings):
         by_path[_names(path)] = sharding
-    shapes = {k: v.shape for k, v in ((_names(p), l) for p, l in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(gpt_boxed)))}
+    shapes = {
+        k: v.shape
+        for k, v in ((_names(p), l) for p, l in jax.tree_util.tree_leaves_with_path(nn.meta.unbox(boxed_reference)))
+    }
 
     def one(path, leaf):
         names = _names(path)
@@ -203,12 +232,15 @@ def opt_state_shardings(opt_state, params, param_sharding, replicated):
     return jax.tree_util.tree_map_with_path(pick, opt_state)
 
 
-def task_state_shardings(init_fn, gpt_cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules=shd.DEFAULT_RULES):
-    """(abstract TrainState, NamedSharding tree) for `init_fn(rng) -> (trainable, frozen)`, allocating nothing."""
+def task_state_shardings(init_fn, boxed_reference, tx, mesh, rules=shd.DEFAULT_RULES):
+    """(abstract TrainState, NamedSharding tree) for `init_fn(rng) -> (trainable, frozen)`, allocating nothing.
+
+    `boxed_reference`: the model family's abstract boxed params (`jax.eval_shape(family.init, ...)`), whose
+    logical axes give every leaf of the state that carries one of its params (by path and shape) its
+    sharding; `tx` is anything with `init(params)` (an optax transformation, `Optimizers`)."""
     params, frozen = jax.eval_shape(init_fn, jax.random.key(0))
-    gpt_boxed = jax.eval_shape(lambda: init_params(gpt_cfg, jax.random.key(0)))
-    param_sharding = param_shardings(params, gpt_boxed, mesh, rules)
-    frozen_sharding = param_shardings(frozen, gpt_boxed, mesh, rules)
+    param_sharding = param_shardings(params, boxed_reference, mesh, rules)
+    frozen_sharding = param_shardings(frozen, boxed_reference, mesh, rules)
     opt_state = jax.eval_shape(tx.init, params)
     opt_sharding = opt_state_shardings(opt_state, params, param_sharding, shd.replicated(mesh))
     abstract = TrainState(
@@ -228,16 +260,7 @@ def task_state_shardings(init_fn, gpt_cfg: ModelConfig, tx: optax.GradientTransf
     return abstract, shardings
 
 
-def lm_init(cfg: ModelConfig):
-    return lambda rng: (nn.meta.unbox(init_params(cfg, rng)), {})
-
-
-def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules=shd.DEFAULT_RULES):
-    """(abstract TrainState, matching NamedSharding tree) of LM pretraining, without allocating anything."""
-    return task_state_shardings(lm_init(cfg), cfg, tx, mesh, rules)
-
-
-def create_state(init_fn, tx: optax.GradientTransformation, seed: int, shardings, *args) -> TrainState:
+def create_state(init_fn, tx, seed: int, shardings, *args) -> TrainState:
     """Initialise directly into the shards (never whole on one device). `init_fn(rng, *args) -> (trainable,
     frozen)`; `args` (e.g. pretrained weights) go in as jit arguments, not as compiled-in constants."""
 
@@ -249,8 +272,3 @@ def create_state(init_fn, tx: optax.GradientTransformation, seed: int, shardings
         )
 
     return jax.jit(init, out_shardings=shardings)(jax.random.key(seed), *args)
-
-
-def create_train_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int, shardings) -> TrainState:
-    """LM pretraining state: params and optimizer state initialised into their shards."""
-    return create_state(lm_init(cfg), tx, seed, shardings)

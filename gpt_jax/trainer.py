@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
+import errno
 import json
 import logging
+import math
 import pathlib
+import shutil
+import signal
 import statistics
 import time
 from typing import Any
@@ -16,34 +19,28 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from gpt_jax import flops, run_config, tasks
+from gpt_jax import checkpoint_tree, config_checks, flops, run_config
 from gpt_jax import sharding as shd
 from gpt_jax.checkpoint import Checkpointer, checkpoint_dir, install_sigterm_handler, restore_target
-from gpt_jax.config import ModelConfig, model_config_from
-from gpt_jax.generate import generate
+from gpt_jax.early_stopping import EarlyStopping
 from gpt_jax.metrics import MetricWriter
+from gpt_jax.models import registry as models
+from gpt_jax.nonfinite import NonFiniteError, NonFiniteGuard
 from gpt_jax.optim import make_optimizer
+from gpt_jax.tasks.registry import make_task
 from gpt_jax.train import (
+    Optimizers,
     TrainState,
+    Update,
     create_state,
-    create_train_state,
     make_eval,
-    make_step,
+    make_updates_step,
     scan_steps,
     task_state_shardings,
 )
+from gpt_jax.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
-
-
-def build_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
-    cfg = model_config_from(config.model, vocab_size=config.model.vocab_size or vocab_size)
-    if cfg.vocab_size < vocab_size:
-        raise ValueError(
-            f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's {vocab_size}; "
-            "raise it or leave it unset"
-        )
-    return cfg
 
 
 def next_chunk(step: int, config: ml_collections.ConfigDict) -> int:
@@ -56,12 +53,16 @@ def next_chunk(step: int, config: ml_collections.ConfigDict) -> int:
     return max(1, min(t.steps_per_call, min(bounds) - step))
 
 
-def restore_or_init(ckpt: Checkpointer, model_cfg: ModelConfig, tx, seed: int, abstract, shardings, init=None):
-    """(state, meta) from the latest checkpoint, or (`init()` / a fresh LM state, None) when there is none."""
-    latest = ckpt.latest_step()
-    if latest is None:
-        return (init() if init else create_train_state(model_cfg, tx, seed, shardings)), None
-    return ckpt.restore(restore_target(abstract, shardings), latest)
+def restore_or_init(ckpt: Checkpointer, abstract, shardings, init):
+    """(state, meta) from the newest usable checkpoint (a corrupt newer one is named, moved aside to
+    <step>.corrupt and skipped), or (`init()`, None) when there is none. A checkpoint of another state
+    tree (a changed optimizer or task) is a config error, checked first, never taken for corruption."""
+    steps = ckpt.steps()
+    if not steps:
+        return init(), None
+    checkpoint_tree.check_compatible_newest(abstract, [ckpt.directory / str(s) for s in reversed(steps)])
+    state, meta, _ = ckpt.restore_latest_good(restore_target(abstract, shardings))
+    return state, meta
 
 
 class Trainer:
@@ -70,12 +71,16 @@ class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, write: bool = True):
         self.config, self.workdir = config, pathlib.Path(workdir)
         shd.maybe_initialize_distributed()
-        self.task = tasks.make_task(config, self.workdir)
+        self.task = make_task(config, self.workdir)
         self.tokenizer, self.model_cfg = self.task.tokenizer, self.task.model_cfg
-        write = write and jax.process_index() == 0
-        run_config.check_and_save(self.workdir, config, dataclasses.asdict(self.model_cfg), save=write)
-        if write:
-            self.tokenizer.save(self.workdir)
+        self.family = models.family_of(config.model)
+        # Checks only: nothing is written until the state is restored or initialised (save_run_files),
+        # so a refused resume leaves the workdir as it was.
+        self.model_fields = models.saved_fields(self.family, self.model_cfg)
+        run_config.check_model(self.workdir, self.model_fields)
+        self.changes = run_config.check_resume(self.workdir, config) if write else {}
+        self.write = write and jax.process_index() == 0
+        shd.sync_processes("workdir read")  # every process read tokenizer/configs before process 0 rewrites them
 
         self.mesh = shd.make_mesh({a: config.mesh[a] for a in shd.MESH_AXES})
         t = config.train
@@ -87,14 +92,32 @@ class Trainer:
                 f"micro-batch {t.batch_size // t.grad_accum} is not divisible by the {data_shards} "
                 "data-parallel shards (mesh data*fsdp); change train.batch_size or config.mesh"
             )
-        tx, self.schedule = make_optimizer(config.optim, t.num_steps)
-        self.tx = self.task.wrap_optimizer(tx)
-        self.abstract, self.shardings = task_state_shardings(self.task.init, self.model_cfg, self.tx, self.mesh)
+        tx, self.schedule = make_optimizer(config.optim, t.num_steps, self.family.matrix_dims)
+        # A task with several sub-models (and optimizers) gives its own updates; one model is one update.
+        updates = getattr(self.task, "updates", None)
+        self.updates = (
+            updates(tx, self.schedule)
+            if updates
+            else [Update(self.task.loss(), self.task.wrap_optimizer(tx), self.schedule)]
+        )
+        self.tx = Optimizers(tuple(self.updates))
+        reference = self.family.abstract_params(self.model_cfg)
+        self.abstract, self.shardings = task_state_shardings(self.task.init, reference, self.tx, self.mesh)
         example = self.task.train_batches(0, 1, jax.process_index(), jax.process_count())
+        if jax.process_count() > 1:
+            rows = next(iter(example.values())).shape[1]
+            log.info(
+                "process %d of %d loads %d of the %d rows of each batch",
+                jax.process_index(),
+                jax.process_count(),
+                rows,
+                t.batch_size,
+            )
         self.batch_sharding = {k: shd.batch_sharding(self.mesh, ndim=v.ndim, leading=1) for k, v in example.items()}
         self.eval_data = self.to_device(self.task.eval_batches(jax.process_index(), jax.process_count()))
         eval_sharding = {k: shd.batch_sharding(self.mesh, ndim=v.ndim, leading=1) for k, v in self.eval_data.items()}
-        train_step = make_step(self.task.loss(), self.tx, self.schedule, grad_accum=t.grad_accum)
+        skip = t.get("on_nonfinite", "stop") == "skip"  # .get: config.json files from before the key
+        train_step = make_updates_step(self.updates, grad_accum=t.grad_accum, skip_nonfinite=skip)
         with self.rules():
             self.train_fn = jax.jit(
                 scan_steps(train_step),
@@ -107,6 +130,12 @@ class Trainer:
                 in_shardings=(self.shardings.params, self.shardings.frozen, eval_sharding),
                 out_shardings=shd.replicated(self.mesh),
             )
+
+    def save_run_files(self, step: int) -> None:
+        """config.json, model_config.json, the tokenizer and a run_history.jsonl line (process 0 only)."""
+        if self.write:
+            run_config.save_run(self.workdir, self.config, self.model_fields, step=step, changes=self.changes)
+            self.tokenizer.save(self.workdir)
 
     def init_state(self) -> TrainState:
         """A fresh state: random init, with a task's pretrained weights grafted in (placed per shardings)."""
@@ -142,135 +171,81 @@ class Trainer:
         return {k: float(v) for k, v in jax.device_get(got).items()}
 
 
-class EarlyStopping:
-    """Best-so-far on `task.early_stop_metric` (a `val_*` key; loss: lower is better, else higher), the best
-    state kept in <workdir>/best apart from the latest checkpoints, and a stop after `patience` evals
-    without improvement. Stateless across restarts: the best value and step live in best/'s metadata."""
-
-    def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
-        task = config.get("task") or {}
-        self.metric, self.patience = task.get("early_stop_metric"), int(task.get("patience") or 0)
-        self.eval_every = config.train.eval_every
-        self.ckpt = Checkpointer(workdir / "best", save_every=0, keep=1, async_save=False) if self.metric else None
-        self.best, self.best_step = None, None
-        if self.ckpt and self.ckpt.latest_step() is not None:
-            self.best_step = self.ckpt.latest_step()
-            self.best = float(self.ckpt.read_meta(self.best_step)["value"])
-
-    def better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        return value < self.best if "loss" in self.metric else value > self.best
-
-    def update(self, step: int, record: dict, state) -> bool:
-        """Record an eval; True when training should stop."""
-        if not self.metric:
-            return False
-        if self.metric not in record:
-            raise ValueError(f"task.early_stop_metric={self.metric!r} is not an eval metric; this task reports {sorted(record)}")
-        if self.better(record[self.metric]):
-            self.best, self.best_step = float(record[self.metric]), step
-            self.ckpt.maybe_save(step, state, {"step": step, "metric": self.metric, "value": self.best}, force=True)
-            self.ckpt.wait()
-        evals_since = (step - self.best_step) // max(self.eval_every, 1)
-        return self.patience > 0 and evals_since >= self.patience
-
-    def best_state(self, abstract, shardings):
-        if not self.ckpt or self.best_step is None:
-            return None
-        return self.ckpt.restore(restore_target(abstract, shardings), self.best_step)[0]
-
-    def close(self):
-        if self.ckpt:
-            self.ckpt.close()
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-    """Train (or resume) in `workdir`; returns the final summary (also written to summary.json)."""
+    """Train (or resume) in `workdir` holding its lock (gpt_jax.workdir_lock), taken before anything is read
+    or written there: a second trainer on the same workdir is refused with WorkdirLockedError."""
+    shd.maybe_initialize_distributed()  # process_index needs the cluster; only process 0 takes the lock
+    if jax.process_index() == 0:
+        run_config.check_writable(pathlib.Path(workdir))  # the lock file is the first write
+    with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Train (or resume) in `workdir`; returns the final summary (also written to summary.json).
+
+    Every check (value ranges, the workdir's model and trajectory, restorability) runs before anything
+    is written. A non-finite loss raises NonFiniteError after saving nothing (train.on_nonfinite).
+    """
     t0 = time.perf_counter()
+    config_checks.validate(config)
     tr = Trainer(config, workdir)
-    t, cfg = config.train, tr.model_cfg
+    t = config.train
     ckpt = Checkpointer(
         checkpoint_dir(tr.workdir),
         save_every=config.checkpoint.every,
         keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,
     )
-    state, meta = restore_or_init(ckpt, cfg, tr.tx, config.seed, tr.abstract, tr.shardings, init=tr.init_state)
+    state, meta = restore_or_init(ckpt, tr.abstract, tr.shardings, tr.init_state)
     step = int(jax.device_get(state.step))
     if meta is not None:
         log.info("resumed from step %d in %s", step, tr.workdir)
+    tr.save_run_files(step)
     writer = MetricWriter(tr.workdir, resume_step=step if meta is not None else None)
     stopper = EarlyStopping(config, tr.workdir)
-    preempted = install_sigterm_handler()
-    tokens_per_step = t.batch_size * tr.task.seq_len  # a classifier's rows are max_len, not block_size
-    peak = (t.peak_flops or flops.device_peak_flops(cfg.dtype)) * jax.device_count()
-    flops_per_token = flops.train_flops_per_token(cfg, tr.task.seq_len, tr.task.lm_head)
-    bar = tqdm.tqdm(total=t.num_steps, initial=step, disable=jax.process_index() != 0, dynamic_ncols=True)
-    rates, status, last = [], "completed", None
-    mark_step, mark_time = step, time.perf_counter()
+    guard = NonFiniteGuard(
+        t.on_nonfinite,
+        t.max_nonfinite_skips,
+        skipped=(meta or {}).get("nonfinite_skips", 0),
+        last_good=lambda: _describe_latest(ckpt),
+    )
+    preempted, interrupted = install_sigterm_handler(), install_sigterm_handler(signal.SIGINT)
     try:
-        while step < t.num_steps:
-            k = next_chunk(step, config)
-            state, metrics = tr.run_steps(state, step, k)
-            step += k
-            record = None
-            if step % t.log_every == 0 or step == t.num_steps:
-                m = jax.device_get(metrics)  # the only host sync between logs
-                now = time.perf_counter()
-                rate = (step - mark_step) * tokens_per_step / (now - mark_time)
-                if mark_step != int(meta["step"] if meta else 0) or step - mark_step > k:
-                    rates.append(rate)  # the first interval after start includes compilation
-                mark_step, mark_time = step, now
-                record = {
-                    "train_loss": float(m["train_loss"][-1]),
-                    "lr": float(m["lr"][-1]),
-                    "grad_norm": float(m["grad_norm"][-1]),
-                    "tokens_per_sec": rate,
-                    "mfu": rate * flops_per_token / peak,
-                }
-            stop_early = False
-            if (t.eval_every and step % t.eval_every == 0) or step == t.num_steps:
-                record = record or {}
-                record.update(tr.evaluate(state.params, state.frozen))
-                record["val_ppl"] = float(np.exp(record["val_loss"]))
-                stop_early = stopper.update(step, record, state)
-                mark_time = time.perf_counter()  # eval time is not training time
-            if record:
-                writer.write(step, record)
-                last = {**(last or {}), **record}
-                bar.set_postfix({k_: f"{v:.4g}" for k_, v in record.items() if k_ in ("train_loss", "val_loss")})
-            bar.update(k)
-            ckpt.maybe_save(step, state, {"step": step, "seed": config.seed}, force=step == t.num_steps or stop_early)
-            if stop_early:
-                status = "early_stopped"
-                log.info("early stop at step %d: no better %s for %d evals", step, stopper.metric, stopper.patience)
-                break
-            if preempted.reached(step):
-                ckpt.maybe_save(step, state, {"step": step, "seed": config.seed}, force=True)
-                status = "preempted"
-                break
+        loop = _Loop(tr, config, ckpt, writer, stopper, guard, meta)
+        state, step, status = loop.run(state, step, lambda s: preempted.reached(s) or interrupted.is_set())
+        if status == "preempted" and interrupted.is_set():
+            status = "interrupted"
+    except NonFiniteError as e:
+        if jax.process_index() == 0:  # the workdir's summary must not still say the last run "completed"
+            (tr.workdir / "summary.json").write_text(
+                json.dumps({"status": "stopped_nonfinite", "error": str(e)}, indent=2)
+            )
+        raise
     finally:
-        bar.close()
         ckpt.wait()
         ckpt.close()
         writer.close()
         preempted.uninstall()
+        interrupted.uninstall()
+    last = loop.last
     if last is None or "val_loss" not in last:  # e.g. restarted an already finished run
         last = {**(last or {}), **tr.evaluate(state.params, state.frozen)}
-    steady = statistics.median(rates) if rates else None
+    steady = statistics.median(loop.rates) if loop.rates else None
     summary = {
         "status": status,
         "step": step,
         "train_loss": (last or {}).get("train_loss"),
         **{k: v for k, v in last.items() if k.startswith("val_") and k != "val_ppl"},
         "tokens_per_sec": steady,
-        "mfu": steady * flops_per_token / peak if steady else None,
-        "peak_flops": peak,
+        "mfu": steady * loop.flops_per_token / loop.peak if steady else None,
+        "peak_flops": loop.peak,
         "wall_s": time.perf_counter() - t0,
         "devices": jax.device_count(),
         "backend": jax.default_backend(),
     }
+    if guard.skipped:
+        summary["nonfinite_skipped"] = guard.skipped
     if stopper.metric:
         summary.update(best_metric=stopper.metric, best_value=stopper.best, best_step=stopper.best_step)
     if status in ("completed", "early_stopped"):
@@ -278,23 +253,116 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         summary.update(tr.task.finish(tr, state, tr.workdir, best_state=best))
     stopper.close()
     if jax.process_index() == 0:
-        (tr.workdir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "sample"}, indent=2))
+        (tr.workdir / "summary.json").write_text(
+            json.dumps({k: v for k, v in summary.items() if k != "sample"}, indent=2)
+        )
     return summary
 
 
-def sample_text(tr: Trainer, params, s: ml_collections.ConfigDict) -> str:
-    """The end-of-run sample: KV-cache generation on the training mesh, sliding past block_size."""
-    ids = generate(
-        tr.model_cfg,
-        params,
-        [tr.tokenizer.encode(s.prompt)],
-        max_new_tokens=s.num_tokens,
-        temperature=s.temperature,
-        top_k=s.top_k,
-        seed=tr.config.seed,
-        # objective sentinels (fim/mlm) follow the tokenizer's ids and cannot be decoded
-        banned_ids=tuple(range(tr.tokenizer.vocab_size, tr.model_cfg.vocab_size)),
-        slide=True,
-        mesh=tr.mesh,
-    )
-    return s.prompt + tr.tokenizer.decode(ids[0])
+def check_free_space(directory: pathlib.Path, state_bytes: int, step: int) -> None:
+    """Refuse a save the disk cannot hold before Orbax starts writing it (a failed write leaves only a
+    temporary directory, but Orbax's threads fill the terminal with tracebacks on the way)."""
+    need = int(state_bytes * 1.25) + (1 << 20)  # + metadata, JSON, a margin
+    free = shutil.disk_usage(directory if directory.exists() else directory.parent).free
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"not enough free space for checkpoint {step}: {free / 2**20:.1f} MiB free, ~{need / 2**20:.1f} MiB needed",
+            str(directory),
+        )
+
+
+def _describe_latest(ckpt: Checkpointer) -> str | None:
+    ckpt.wait()  # an in-flight save of a finite state counts once it is committed
+    latest = ckpt.latest_step()
+    return None if latest is None else f"{ckpt.directory / str(latest)} (step {latest})"
+
+
+class _Loop:
+    """The steps between start and stop: chunks of compiled steps, logs, evals, checkpoints.
+
+    The host syncs only at logs, evals and saves; the non-finite flags of the other calls are read one
+    call late (gpt_jax.nonfinite), and every save first reads them all, so no non-finite state is saved.
+    """
+
+    def __init__(self, tr: Trainer, config, ckpt: Checkpointer, writer: MetricWriter, stopper, guard, meta):
+        self.tr, self.config, self.ckpt, self.writer, self.stopper, self.guard = (
+            tr,
+            config,
+            ckpt,
+            writer,
+            stopper,
+            guard,
+        )
+        t, cfg = config.train, tr.model_cfg
+        self.tokens_per_step = t.batch_size * tr.task.seq_len  # a classifier's rows are max_len, not block_size
+        self.peak = (t.peak_flops or flops.device_peak_flops(getattr(cfg, "dtype", "float32"))) * jax.device_count()
+        # forward + backward = 3x the family's forward FLOPs
+        self.flops_per_token = 3 * tr.family.flops_per_token(cfg, tr.task.seq_len, tr.task.lm_head)
+        self.start_step = int(meta["step"]) if meta else 0
+        self.state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tr.abstract))
+        self.rates, self.last = [], None
+
+    def save(self, step: int, state, *, force: bool) -> None:
+        if force or (self.ckpt.save_every > 0 and step % self.ckpt.save_every == 0):
+            self.guard.check()
+            if jax.process_index() == 0:
+                check_free_space(self.ckpt.directory, self.state_bytes, step)
+            meta = {"step": step, "seed": self.config.seed, "nonfinite_skips": self.guard.skipped}
+            self.ckpt.maybe_save(step, state, meta, force=force)
+
+    def run(self, state, step: int, stop_requested) -> tuple[Any, int, str]:
+        tr, t, guard = self.tr, self.config.train, self.guard
+        bar = tqdm.tqdm(total=t.num_steps, initial=step, disable=jax.process_index() != 0, dynamic_ncols=True)
+        mark_step, mark_time = step, time.perf_counter()
+        try:
+            while step < t.num_steps:
+                k = next_chunk(step, self.config)
+                state, metrics = tr.run_steps(state, step, k)
+                guard.add(step, metrics["finite"])
+                step += k
+                guard.check(keep_last=1)  # the previous call's flags: it has finished by now
+                record = None
+                if step % t.log_every == 0 or step == t.num_steps:
+                    m = jax.device_get(metrics)  # the only host sync between logs
+                    guard.check()
+                    now = time.perf_counter()
+                    rate = (step - mark_step) * self.tokens_per_step / (now - mark_time)
+                    if mark_step != self.start_step or step - mark_step > k:
+                        self.rates.append(rate)  # the first interval after start includes compilation
+                    mark_step, mark_time = step, now
+                    first = [k for k in ("train_loss", "lr", "grad_norm") if k in m]  # one model's, in their old order
+                    keys = first + sorted(k for k in m if k not in first and k != "finite")
+                    record = {k: float(m[k][-1]) for k in keys}
+                    record.update(tokens_per_sec=rate, mfu=rate * self.flops_per_token / self.peak)
+                    if guard.skipped:
+                        record["nonfinite_skipped"] = guard.skipped
+                stop_early = False
+                if (t.eval_every and step % t.eval_every == 0) or step == t.num_steps:
+                    guard.check()
+                    record = record or {}
+                    record.update(tr.evaluate(state.params, state.frozen))
+                    guard.check_value("val_loss", record["val_loss"], step)
+                    record["val_ppl"] = float(np.exp(record["val_loss"]))
+                    stop_early = self.stopper.update(step, record, state)
+                    mark_time = time.perf_counter()  # eval time is not training time
+                if record:
+                    self.writer.write(step, record)
+                    self.last = {**(self.last or {}), **record}
+                    bar.set_postfix({k_: f"{v:.4g}" for k_, v in record.items() if k_ in ("train_loss", "val_loss")})
+                bar.update(k)
+                self.save(step, state, force=step == t.num_steps or stop_early)
+                if stop_early:
+                    log.info(
+                        "early stop at step %d: no better %s for %d evals",
+                        step,
+                        self.stopper.metric,
+                        self.stopper.patience,
+                    )
+                    return state, step, "early_stopped"
+                if stop_requested(step):
+                    self.save(step, state, force=True)
+                    return state, step, "preempted"
+        finally:
+            bar.close()
+        return state, step, "completed"

@@ -1,4 +1,4 @@
-"""gpt_jax.attention_maps: the sown attention weights (shape, causality, a hand computation of layer 0,
+"""gpt_jax.analysis.attention_maps: the sown attention weights (shape, causality, a hand computation of layer 0,
 scan vs unrolled, any cfg.attention), the heatmap grid and the CLI on a tiny trained run."""
 
 from __future__ import annotations
@@ -8,9 +8,15 @@ import jax
 import numpy as np
 import pytest
 
-from gpt_jax.attention_maps import attention_weights, main, plot_attention, token_label
+from gpt_jax.analysis.attention_maps import (
+    attention_weights,
+    plot_attention,
+    token_label,
+)
+from gpt_jax.cli.attention_maps import main
 from gpt_jax.config import ModelConfig
 from gpt_jax.model import init_params
+from gpt_jax.peft.prefix import PrefixTuning
 
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
 B, L = 2, 12
@@ -83,7 +89,7 @@ def test_boxed_params_and_bad_ids(ids, weights):
 
 def test_prefix_slots_come_first(ids, tmp_path):
     """With prefix tuning every query also sees the prefix_len slots: S = P + L, first columns."""
-    cfg = TINY.replace(n_layer=1, prefix_len=2)
+    cfg = PrefixTuning(length=2).model_config(TINY.replace(n_layer=1))
     w = attention_weights(cfg, init_params(cfg, jax.random.key(1)), ids)
     assert w.shape == (1, B, TINY.n_head, L, L + 2)
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)

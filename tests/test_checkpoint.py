@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
+from jax.sharding import NamedSharding, SingleDeviceSharding
+from jax.sharding import PartitionSpec as P
 
 from gpt_jax.checkpoint import Checkpointer, abstract_like, install_sigterm_handler
 
@@ -175,7 +176,10 @@ def test_restore_onto_different_mesh(tmp_path):
         node = f"{__file__}::test_restore_onto_different_mesh"
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node],
-            cwd=REPO, env=env, capture_output=True, timeout=300,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stdout.decode()[-3000:]
         return
@@ -185,9 +189,7 @@ def test_restore_onto_different_mesh(tmp_path):
     def shardings(tree, mesh, axis):
         # Shard dim 0 along ``axis`` where it divides, replicate the rest (keys included).
         size = mesh.shape[axis]
-        return jax.tree.map(
-            lambda x: NamedSharding(mesh, P(axis) if x.ndim and x.shape[0] % size == 0 else P()), tree
-        )
+        return jax.tree.map(lambda x: NamedSharding(mesh, P(axis) if x.ndim and x.shape[0] % size == 0 else P()), tree)
 
     # 1 device (replicated) -> 8 devices sharded along "data".
     mesh1, mesh8 = _mesh(1), _mesh(8)

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from gpt_jax import run_config
+from gpt_jax.cli import flags as cli_flags
 from gpt_jax.config import FIELDS, model_config_from
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -34,8 +35,13 @@ def flat_keys(cfg, prefix="") -> set[str]:
 # ----------------------------------------------------------------------------- overrides
 
 
+def parse_args(argv):
+    """The entry points' parser (gpt_jax.cli.flags) with main's one flag."""
+    return cli_flags.parse(argv, [cli_flags.Flag("workdir")], usage="usage: test", config=True)
+
+
 def test_parse_args_sets_typed_values():
-    config, flags = run_config.parse_args(
+    config, flags = parse_args(
         [
             f"--config={REPO}/configs/tiny.py",
             "--config.model.n_layer=3",
@@ -59,14 +65,14 @@ def test_parse_args_sets_typed_values():
 
 
 def test_int_literal_for_a_float_field_stays_float():
-    config, _ = run_config.parse_args([f"--config={REPO}/configs/tiny.py", "--config.optim.lr=1", "--config.model.dropout=0"])
+    config, _ = parse_args([f"--config={REPO}/configs/tiny.py", "--config.optim.lr=1", "--config.model.dropout=0"])
     assert config.optim.lr == 1.0 and type(config.optim.lr) is float
     assert type(config.model.dropout) is float
 
 
 def test_relative_config_path_from_repo_root(monkeypatch):
     monkeypatch.chdir(REPO)
-    config, _ = run_config.parse_args(["--config=configs/tiny.py"])
+    config, _ = parse_args(["--config=configs/tiny.py"])
     assert config.model.n_layer == 2
 
 
@@ -76,7 +82,7 @@ def test_relative_config_path_from_repo_root(monkeypatch):
 )
 def test_unknown_key_is_one_line_with_suggestion(dotted, suggestion):
     with pytest.raises(ValueError) as e:
-        run_config.parse_args([f"--config={REPO}/configs/tiny.py", f"--config.{dotted}=3"])
+        parse_args([f"--config={REPO}/configs/tiny.py", f"--config.{dotted}=3"])
     msg = str(e.value)
     assert "\n" not in msg
     assert repr(dotted) in msg
@@ -85,17 +91,21 @@ def test_unknown_key_is_one_line_with_suggestion(dotted, suggestion):
 
 def test_unknown_key_without_close_match_lists_the_keys():
     with pytest.raises(ValueError) as e:
-        run_config.parse_args([f"--config={REPO}/configs/tiny.py", "--config.optim.zzzzzz=3"])
+        parse_args([f"--config={REPO}/configs/tiny.py", "--config.optim.zzzzzz=3"])
     assert "'optim.zzzzzz'" in str(e.value) and "weight_decay" in str(e.value)
 
 
 @pytest.mark.parametrize(
     "arg,key",
-    [("train.batch_size=abc", "train.batch_size"), ("optim.lr=fast", "optim.lr"), ("model.n_layer=2.5", "model.n_layer")],
+    [
+        ("train.batch_size=abc", "train.batch_size"),
+        ("optim.lr=fast", "optim.lr"),
+        ("model.n_layer=2.5", "model.n_layer"),
+    ],
 )
 def test_wrong_type_override_is_a_clear_error(arg, key):
     with pytest.raises(ValueError) as e:
-        run_config.parse_args([f"--config={REPO}/configs/tiny.py", f"--config.{arg}"])
+        parse_args([f"--config={REPO}/configs/tiny.py", f"--config.{arg}"])
     msg = str(e.value)
     assert "\n" not in msg
     assert key in msg and arg.split("=")[1] in msg
@@ -103,11 +113,13 @@ def test_wrong_type_override_is_a_clear_error(arg, key):
 
 def test_other_argument_errors():
     with pytest.raises(ValueError, match="no --config"):
-        run_config.parse_args(["--config.model.n_layer=3"])
-    with pytest.raises(ValueError, match="--name=value"):
-        run_config.parse_args([f"--config={REPO}/configs/tiny.py", "stray"])
+        parse_args(["--config.model.n_layer=3"])
+    with pytest.raises(ValueError, match="unexpected argument"):
+        parse_args([f"--config={REPO}/configs/tiny.py", "stray"])
+    config, flags = parse_args(["--config", f"{REPO}/configs/tiny.py", "--workdir", "w"])  # space-separated
+    assert config.model.n_layer == 2 and flags == {"workdir": "w"}
     with pytest.raises(FileNotFoundError, match="nope.py"):
-        run_config.parse_args(["--config=configs/nope.py"])
+        parse_args(["--config=configs/nope.py"])
 
 
 # ----------------------------------------------------------------------------- errors at start-up
@@ -235,7 +247,7 @@ def test_every_config_loads_and_builds_a_model(name):
     config = run_config.load_config(str(REPO / "configs" / f"{name}.py"))
     # base.py lists every key: a config file may only set them, never add new ones
     assert flat_keys(config) == flat_keys(base_config()), name
-    assert set(config.model.keys()) - {"preset"} <= set(FIELDS)
+    assert set(config.model.keys()) - {"preset", "family"} <= set(FIELDS)
     cfg = model_config_from(config.model, vocab_size=config.model.vocab_size or 65)
     assert cfg.n_embd % cfg.n_head == 0
     # the global batch splits into micro-batches
@@ -274,3 +286,14 @@ def test_check_and_save_writes_both_files(tmp_path):
     run_config.check_and_save(tmp_path, config, fields)  # same model: fine
     with pytest.raises(ValueError, match=r"model\.n_embd=32.*64"):
         run_config.check_and_save(tmp_path, config, {"n_layer": 2, "n_embd": 64})
+
+
+def test_config_string_argument_reaches_get_config(tmp_path):
+    """`--config=path:arg` calls get_config(arg), as big_vision's config strings do."""
+    f = tmp_path / "with_arg.py"
+    f.write_text(
+        "from gpt_jax.base_config import base_config\n\n\n"
+        "def get_config(arg=None):\n    c = base_config()\n    c.train.num_steps = int(arg or 1)\n    return c\n"
+    )
+    config, flags = parse_args([f"--config={f}:77", "--config.optim.lr=0.5", "--workdir=w"])
+    assert config.train.num_steps == 77 and config.optim.lr == 0.5 and flags == {"workdir": "w"}

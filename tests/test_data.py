@@ -1,5 +1,6 @@
 """Data layer tests: real corpora from shared/data (found like the code finds them), TFDS cache
 in a tmp dir, no network, no TensorFlow."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ from gpt_jax.data import (
     prepare_tokens,
     resolve_manual_dir,
     resolve_tfds_dir,
+    sources,
+    text_builder,
 )
-from gpt_jax.data import sources, text_builder
 from gpt_jax.data.tokenizers import ByteTokenizer, CharTokenizer
 
 SHAKESPEARE_CHARS = 1_115_394
@@ -305,15 +307,17 @@ def test_eval_batches_are_fixed(tokens):
     assert not np.array_equal(a["inputs"], train["inputs"])
 
 
-def test_batch_generation_is_fast():
-    tokens = np.random.default_rng(0).integers(0, 65, size=1_000_000).astype(np.uint16)
-    batcher = TokenBatcher(tokens, batch_size=64, block_size=256, seed=0)
-    batcher.batches(0, 100)  # warm-up
-    best = min(_timed(lambda: batcher.batches(100, 100)) for _ in range(3))
-    assert best / 100 < 0.010, f"{best / 100 * 1e3:.2f} ms per step"
+def test_batch_generation_benchmark_prints_its_figures(capsys):
+    """The speed of TokenBatcher is a benchmark (benchmarks/batch_generation.py), not a wall-clock
+    threshold here: this only checks that it runs and reports positive, consistent figures."""
+    from benchmarks import batch_generation
 
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    assert batch_generation.main(["--quick", "--repeats=1"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    _, batch_size, block_size, steps = batch_generation.CASES["quick"]
+    assert row["bench"] == "batch_generation" and row["steps_per_call"] == steps
+    assert (row["batch_size"], row["block_size"]) == (batch_size, block_size)
+    assert row["ms_per_step"] > 0
+    assert row["tokens_per_sec"] == pytest.approx(batch_size * block_size / (row["ms_per_step"] / 1e3))
+    assert batch_generation.main(["--steps=0"]) == 2
+    assert "must be >= 1" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Fine-tuning data: SST-2 through the TFDS layer, SFT JSONL -> rendered ids + loss mask -> packed
 batches, and the classification report. Real files from shared/data, TFDS cache in tmp, no network."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ import optax
 import pytest
 
 from gpt_jax import masks
+from gpt_jax.analysis.classification_report import classification_report, format_report
 from gpt_jax.chat import ChatTemplate
-from gpt_jax.classification_report import classification_report, format_report
 from gpt_jax.config import ModelConfig
 from gpt_jax.data import labelled, load_text_splits, sft, sources, text_builder
 from gpt_jax.data.labelled import encode_labelled, load_labelled
@@ -46,7 +47,7 @@ def sst2(manual_dir, sst2_tfds):
 
 def _fake_sst2(root: pathlib.Path, dev_rows: str = "0\tbad movie .\n1\tgood movie .\n") -> pathlib.Path:
     (root / "sst2").mkdir(parents=True)
-    (root / "sst2" / "train.tsv").write_text("label\tsentence\n1\ta \"quoted\" gem\n0\tdull\n1\tfine\n", encoding="utf-8")
+    (root / "sst2" / "train.tsv").write_text('label\tsentence\n1\ta "quoted" gem\n0\tdull\n1\tfine\n', encoding="utf-8")
     (root / "sst2" / "dev.tsv").write_text("label\tcontent\n" + dev_rows, encoding="utf-8")
     (root / "sst2" / "test.tsv").write_text("label\tcontent\n0\tmeh\n", encoding="utf-8")
     return root
@@ -63,7 +64,10 @@ def test_sst2_counts_balance_and_order(sst2, manual_dir):
         assert labels.dtype == np.int32 and labels.shape == (len(texts),)
         assert np.bincount(labels).tolist() == SST2_LABEL_COUNTS[split]
     # File order kept (rows were stored shuffled, in blocks).
-    assert splits["train"][0][:2] == ["hide new secretions from the parental units", "contains no wit , only labored gags"]
+    assert splits["train"][0][:2] == [
+        "hide new secretions from the parental units",
+        "contains no wit , only labored gags",
+    ]
     assert splits["validation"][0][0] == "one long string of cliches ."
     last = (manual_dir / "sst2" / "test.tsv").read_text(encoding="utf-8").rstrip("\n").rsplit("\n", 1)[1]
     assert last == f"{splits['test'][1][-1]}\t{splits['test'][0][-1]}"
@@ -176,7 +180,9 @@ def test_row_formats():
 
 
 def test_row_errors_name_line_and_expected_keys():
-    with pytest.raises(ValueError, match=r"^f\.jsonl:7: row has keys \['prompt'\]; expected Alpaca \{instruction, input, output\}"):
+    with pytest.raises(
+        ValueError, match=r"^f\.jsonl:7: row has keys \['prompt'\]; expected Alpaca \{instruction, input, output\}"
+    ):
         sft.to_conversation({"prompt": "x"}, "f.jsonl:7")
     bad_turns = {"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}
     with pytest.raises(ValueError, match="f.jsonl:2: message 1 has from='human' out of turn"):
@@ -260,8 +266,11 @@ def test_pack_never_mixes_examples():
     examples = _examples(40)
     batch = sft.pack(examples, length)
     assert {k: (v.dtype, v.shape[1]) for k, v in batch.items()} == {
-        "inputs": (np.int32, length), "targets": (np.int32, length), "weights": (np.float32, length),
-        "segment_ids": (np.int32, length), "positions": (np.int32, length),
+        "inputs": (np.int32, length),
+        "targets": (np.int32, length),
+        "weights": (np.float32, length),
+        "segment_ids": (np.int32, length),
+        "positions": (np.int32, length),
     }
     rows = sft.first_fit([len(ids) - 1 for ids, _ in examples], length)
     assert len(rows) == batch["inputs"].shape[0] < len(examples)
@@ -319,7 +328,9 @@ def test_packed_and_unpacked_losses_match():
     @jax.jit
     def token_losses(params, batch):
         logits_BxLxV = model.apply(
-            {"params": params}, batch["inputs"], positions_BxL=batch["positions"],
+            {"params": params},
+            batch["inputs"],
+            positions_BxL=batch["positions"],
             mask_BxLxS=masks.attention_mask(batch, length),
         )
         return optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"]) * batch["weights"]

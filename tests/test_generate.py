@@ -21,6 +21,7 @@ from optional_deps import require
 
 from gpt_jax import generate as gen
 from gpt_jax.config import ModelConfig
+from gpt_jax.generate import GenerateOptions as Opts
 from gpt_jax.generation import decode as dec
 from gpt_jax.model import GPT, init_params
 
@@ -89,7 +90,7 @@ def test_kv_cache_greedy_equals_full_recompute(name):
     argmax of a full forward over the growing sequence."""
     cfg = TINY.replace(**VARIANTS[name])
     params = params_of(cfg)
-    out = gen.generate(cfg, params, ROWS, max_new_tokens=N, temperature=0)
+    out = gen.generate(cfg, params, ROWS, Opts(max_new_tokens=N, temperature=0))
     assert out.shape == (2, N) and out.dtype == np.int32
     np.testing.assert_array_equal(out, [naive_greedy(cfg, params, r, N) for r in ROWS])
     assert len(set(out.ravel().tolist())) > 1  # not a constant output
@@ -112,7 +113,7 @@ def test_model_cache_matches_full_logits():
 
 
 def greedy():
-    return gen.generate(TINY, params_of(TINY), ROWS, max_new_tokens=N, temperature=0)
+    return gen.generate(TINY, params_of(TINY), ROWS, Opts(max_new_tokens=N, temperature=0))
 
 
 def test_prompt_mask_input_equals_row_list():
@@ -121,7 +122,7 @@ def test_prompt_mask_input_equals_row_list():
     mask = np.zeros((2, 11), bool)
     for i, r in enumerate(ROWS):
         ids[i, : len(r)], mask[i, : len(r)] = r, True
-    out = gen.generate(TINY, params_of(TINY), ids, prompt_mask_BxL=mask, max_new_tokens=N, temperature=0)
+    out = gen.generate(TINY, params_of(TINY), ids, Opts(max_new_tokens=N, temperature=0), prompt_mask_BxL=mask)
     np.testing.assert_array_equal(out, greedy())
 
 
@@ -133,7 +134,7 @@ SAMPLE = dict(max_new_tokens=N, temperature=1.0, top_k=32, top_p=1.0, min_p=0.0)
 
 
 def sample(rows=ROWS, **kw):
-    return gen.generate(TINY, params_of(TINY), rows, **{**SAMPLE, **kw})
+    return gen.generate(TINY, params_of(TINY), rows, Opts(**{**SAMPLE, **kw}))
 
 
 def test_top_k_1_tiny_top_p_and_min_p_1_equal_greedy():
@@ -151,7 +152,7 @@ def test_banned_tokens_never_appear():
 def test_stop_ids_stop_each_row_and_pad():
     ref = greedy()
     stop = int(ref[0, 2])
-    out = gen.generate(TINY, params_of(TINY), ROWS, max_new_tokens=N, temperature=0, stop_ids=[stop], pad_id=-7)
+    out = gen.generate(TINY, params_of(TINY), ROWS, Opts(max_new_tokens=N, temperature=0, stop_ids=[stop], pad_id=-7))
     for row, r in zip(out, ref):
         hits = np.flatnonzero(r == stop)
         end = hits[0] + 1 if hits.size else len(r)
@@ -168,7 +169,7 @@ def test_seed_reproducible_and_different_seeds_differ():
 
 def test_repetition_penalty_matches_hf_semantics():
     p = params_of(TINY)
-    out = gen.generate(TINY, p, ROWS, max_new_tokens=N, temperature=0, repetition_penalty=1.8)
+    out = gen.generate(TINY, p, ROWS, Opts(max_new_tokens=N, temperature=0, repetition_penalty=1.8))
     np.testing.assert_array_equal(out, [naive_greedy(TINY, p, r, N, penalty=1.8) for r in ROWS])
     assert (out != greedy()).any()
 
@@ -190,7 +191,7 @@ def test_no_recompilation_within_a_bucket():
 
 
 def test_beam_search_one_beam_is_greedy():
-    one = gen.generate(TINY, params_of(TINY), ROWS, max_new_tokens=N, temperature=0, num_beams=1)
+    one = gen.generate(TINY, params_of(TINY), ROWS, Opts(max_new_tokens=N, temperature=0, num_beams=1))
     np.testing.assert_array_equal(one, greedy())
 
 
@@ -213,7 +214,7 @@ def test_beam_search_with_all_prefixes_kept_is_exhaustive_search():
 
     kw = dict(max_new_tokens=n, num_beams=36, length_penalty=0.0, early_stopping="never")
     for stop in (None, 1, 4):
-        out = gen.generate(cfg, params, [prompt], stop_ids=[] if stop is None else [stop], **kw)
+        out = gen.generate(cfg, params, [prompt], Opts(stop_ids=[] if stop is None else [stop], **kw))
         assert tuple(t for t in out[0] if t >= 0) == best(stop), stop
     greedy_seq = naive_greedy(cfg, params, prompt, n)
     assert tuple(greedy_seq) != best(None)  # the case is one where beam search matters
@@ -287,7 +288,7 @@ def test_beam_search_matches_transformers(early_stopping, length_penalty):
         pad_token_id=cfg.vocab_size - 1,
         **kw,
     )[:, prompts.shape[1] :].numpy()
-    ours = gen.generate(cfg, params, prompts, stop_ids=[stop], pad_id=cfg.vocab_size - 1, **kw)
+    ours = gen.generate(cfg, params, prompts, Opts(stop_ids=[stop], pad_id=cfg.vocab_size - 1, **kw))
     np.testing.assert_array_equal(ours[:, : hf.shape[1]], hf)
     assert (ours[:, hf.shape[1] :] == cfg.vocab_size - 1).all()
 
@@ -298,7 +299,7 @@ def test_beam_search_matches_transformers(early_stopping, length_penalty):
 def test_stream_yields_chunks_equal_to_generate_and_cuts_at_stop_strings():
     p = params_of(TINY)
     kw = {**SAMPLE, "seed": 4, "chunk": 3}
-    chunks = list(gen.stream(TINY, p, ROWS, **kw))
+    chunks = list(gen.stream(TINY, p, ROWS, Opts(**kw)))
     assert [c.shape for c in chunks] == [(2, 1), (2, 3), (2, 3), (2, 1)]
     full = sample(seed=4)
     np.testing.assert_array_equal(np.concatenate(chunks, 1), full)  # same samples, whatever the chunking
@@ -307,7 +308,7 @@ def test_stream_yields_chunks_equal_to_generate_and_cuts_at_stop_strings():
     text = decode(full[0])
     stop = text[4:6]  # completes at token 6 of row 0 at the latest
     end = text.index(stop) + len(stop)
-    out = np.concatenate(list(gen.stream(TINY, p, ROWS, stop_strings=[stop], decode=decode, **kw)), 1)
+    out = np.concatenate(list(gen.stream(TINY, p, ROWS, Opts(stop_strings=[stop], decode=decode, **kw))), 1)
     np.testing.assert_array_equal(out[0, :end], full[0, :end])
     assert (out[0, end:] == gen.PAD_ID).all()
     if stop not in decode(full[1]):
@@ -320,8 +321,8 @@ def test_slide_continues_past_block_size_for_learned_positions():
     p = params_of(TINY)
     rows = [np.arange(16) * 7 % 61, np.arange(16) * 3 % 61]
     with pytest.raises(ValueError, match="exceeds block_size=32.*slide=True"):
-        gen.generate(TINY, p, rows, max_new_tokens=40, temperature=0)
-    out = gen.generate(TINY, p, rows, max_new_tokens=40, temperature=0, slide=True)
+        gen.generate(TINY, p, rows, Opts(max_new_tokens=40, temperature=0))
+    out = gen.generate(TINY, p, rows, Opts(max_new_tokens=40, temperature=0, slide=True))
     assert out.shape == (2, 40)
     for row, new in zip(rows, out):
         seq = list(row)
@@ -336,14 +337,15 @@ def test_slide_continues_past_block_size_for_learned_positions():
 
 def test_sharded_decoding_equals_one_device():
     from gpt_jax import sharding as shd
+    from gpt_jax.generation.placement import Placement
 
     assert jax.device_count() == 8
     mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     params = params_of(TINY)
     prompts = [ROWS[0], ROWS[1], ROWS[1][:7], ROWS[0][:2]]  # batch 4 over data x fsdp
-    sharded = gen.generate(TINY, params, prompts, max_new_tokens=N, temperature=0, mesh=mesh)
+    sharded = gen.generate(TINY, params, prompts, Opts(max_new_tokens=N, temperature=0), mesh=mesh)
     np.testing.assert_array_equal(sharded, [naive_greedy(TINY, params, r, N) for r in prompts])
-    placed = gen._Placement(TINY, mesh).params(params)
+    placed = Placement(TINY, mesh).params(params)
     assert not placed["h_0"]["mlp"]["fc"]["kernel"].sharding.is_fully_replicated
 
 
@@ -355,30 +357,59 @@ def test_sharded_decoding_equals_one_device():
     [
         (dict(prompt=[np.array([], np.int32)]), "prompt row 0 is empty"),
         (dict(max_new_tokens=40), "exceeds block_size=32"),
+        (dict(max_new_tokens=0), "max_new_tokens=0 must be >= 1"),
         (dict(num_beams=0), "num_beams=0 must be >= 1"),
         (dict(top_p=0.0), r"top_p=0.0 must be in \(0, 1\]"),
         (dict(top_p=1.5), r"top_p=1.5 must be in \(0, 1\]"),
+        (dict(min_p=-0.1), r"min_p=-0.1 must be in \[0, 1\]"),
         (dict(top_k=0), "top_k=0 must be >= 1"),
         (dict(temperature=-1), "temperature=-1 must be >= 0"),
+        (dict(repetition_penalty=0.0), "repetition_penalty=0.0 must be > 0"),
+        (dict(early_stopping="sometimes"), "early_stopping='sometimes' must be one of"),
+        (dict(chunk=0), "chunk=0 must be >= 1"),
         (dict(prompt=[np.array([1, 99])]), r"outside \[0, 61\)"),
         (dict(num_beams=2, top_k=5), "beam search is deterministic: drop top_k"),
+        (dict(num_beams=2, slide=True), "beam search cannot slide"),
         (dict(stop_strings=["x"]), "stop_strings need decode"),
+        (dict(stop_strings="x", decode=str), r"must be a list of strings, e.g. \['x'\]"),
         (dict(banned_ids=list(range(61))), "whole vocabulary"),
+        (dict(stop_ids=[61]), r"stop_ids must be token ids in \[0, 61\)"),
         (dict(prompt=np.array([1, 2, 3])), r"must be \[B, L\]"),
     ],
 )
 def test_bad_input_is_a_one_line_error(kw, match):
+    """Option errors come from GenerateOptions (on construction, or against the model's vocab)."""
     kw = {"prompt": ROWS, "max_new_tokens": 4, **kw}
     with pytest.raises(ValueError, match=match) as e:
-        gen.generate(TINY, params_of(TINY), kw.pop("prompt"), **kw)
+        gen.generate(TINY, params_of(TINY), kw.pop("prompt"), Opts(**kw))
     assert "\n" not in str(e.value)
+
+
+def test_options_are_values_and_checked_once_more_on_replace():
+    o = Opts(max_new_tokens=4, stop_ids=[np.int64(3)], banned_ids=range(2), stop_strings=["a"], decode=str)
+    assert (o.stop_ids, o.banned_ids, o.stop_strings) == ((3,), (0, 1), ("a",))
+    assert o == Opts(max_new_tokens=4, stop_ids=(3,), banned_ids=(0, 1), stop_strings=("a",), decode=str)
+    assert o.replace(temperature=0).greedy and not o.greedy
+    with pytest.raises(ValueError, match="temperature=-2 must be >= 0"):
+        o.replace(temperature=-2)
+    with pytest.raises(TypeError):
+        Opts(4)  # keyword-only
+    with pytest.raises(TypeError, match="options must be a GenerateOptions"):
+        gen.generate(TINY, params_of(TINY), ROWS, {"max_new_tokens": 4})
+    with pytest.raises(ValueError, match="stream\\(\\) samples only; num_beams=2"):
+        gen.stream(TINY, params_of(TINY), ROWS, Opts(max_new_tokens=4, num_beams=2))
+
+
+def test_undecodable_ids_are_the_ids_past_the_tokenizer():
+    assert gen.undecodable_ids(61, 65) == (61, 62, 63, 64)
+    assert gen.undecodable_ids(65, 65) == ()
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
 def test_sample_cli_streams_text_from_a_trained_run(tiny_run, capsys):
-    from gpt_jax import sample
+    from gpt_jax.cli import sample
 
     _, workdir, _ = tiny_run
     args = [f"--workdir={workdir}", "--prompt=ROMEO:", "--max_new_tokens=40", "--num_samples=2", "--seed=1"]

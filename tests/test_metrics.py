@@ -37,8 +37,17 @@ def read_tb_scalars(tb_dir) -> dict[str, list[tuple[int, float]]]:
 def test_jsonl_content_and_types(tmp_path):
     with MetricWriter(tmp_path) as w:
         w.write(0, {"train_loss": np.float32(4.5), "lr": 0.0, "grad_norm": np.array(1.25)})
-        w.write(100, {"train_loss": 2.0, "val_loss": np.float64(2.25), "lr": 1e-3,
-                      "tokens_per_sec": np.int64(12345), "mfu": 0.31, "skipped": None})
+        w.write(
+            100,
+            {
+                "train_loss": 2.0,
+                "val_loss": np.float64(2.25),
+                "lr": 1e-3,
+                "tokens_per_sec": np.int64(12345),
+                "mfu": 0.31,
+                "skipped": None,
+            },
+        )
         # Readable while the writer is still open (each line is flushed).
         assert [r["step"] for r in read_metrics(tmp_path)] == [0, 100]
     recs = read_metrics(tmp_path)
@@ -92,8 +101,18 @@ def test_fresh_run_moves_old_file_aside(tmp_path):
 
 def test_tensorboard_event_file(tmp_path):
     with MetricWriter(tmp_path) as w:
-        w.write(10, {"train_loss": 3.5, "val_loss": 3.75, "lr": 0.5, "grad_norm": 2.0,
-                     "tokens_per_sec": 1000.0, "mfu": 0.25, "note": "text is jsonl-only"})
+        w.write(
+            10,
+            {
+                "train_loss": 3.5,
+                "val_loss": 3.75,
+                "lr": 0.5,
+                "grad_norm": 2.0,
+                "tokens_per_sec": 1000.0,
+                "mfu": 0.25,
+                "note": "text is jsonl-only",
+            },
+        )
         w.write(20, {"train_loss": 3.0, "lr": 0.25})
         w.flush()
     events = list((tmp_path / "tb").glob("events.out.tfevents.*"))

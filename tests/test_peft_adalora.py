@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import traverse_util
+from peft_params import abstract, make_params
 
 from gpt_jax.config import ModelConfig
 from gpt_jax.model import GPT
 from gpt_jax.peft import io as peft_io
 from gpt_jax.peft.adalora import AdaLoRA, AdaLoRAState
-from peft_params import abstract, make_params
 
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 IDS = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 16)), jnp.int32)
@@ -158,7 +157,7 @@ def test_optimizer_state_and_errors(tmp_path):
         tx.update(trainable, state)
     with pytest.raises(ValueError, match="needs the run's step count"):
         AdaLoRA(rank=4, target_rank=2).wrap_optimizer(optax.sgd(0.1))
-    with pytest.raises(ValueError, match=r"peft.target_rank=8 must be in \[1, peft.rank=4\]"):
+    with pytest.raises(ValueError, match=r"peft.adalora.target_rank=8 must be in \[1, peft.adalora.rank=4\]"):
         AdaLoRA(rank=4, target_rank=8)
     with pytest.raises(ValueError, match="budget schedule is empty"):
         AdaLoRA(rank=4, target_rank=2, init_warmup=0.6, final_warmup=0.5, num_steps=100)
@@ -168,6 +167,8 @@ def test_optimizer_state_and_errors(tmp_path):
     path = "h_0/attn/query/kernel"
     assert not np.allclose(d.deltas(moved, jax.random.key(3))[path], d.deltas(moved)[path])
     f = tmp_path / "ada.safetensors"
-    peft_io.save_adapter(f, "adalora", {"method": "adalora", "rank": 4}, moved, peft_io.base_shapes(params))
+    peft_io.save_adapter(
+        f, "adalora", {"method": "adalora", "adalora": {"rank": 4}}, moved, peft_io.base_shapes(params)
+    )
     name, _, loaded = peft_io.load_adapter(f, peft_io.base_shapes(params))
     assert name == "adalora" and AdaLoRA.rank_allocation(loaded) == {k: 4 for k in trainable}

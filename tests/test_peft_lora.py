@@ -13,14 +13,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from peft_params import abstract, make_params
 
 from gpt_jax import peft
 from gpt_jax.config import ModelConfig
 from gpt_jax.model import GPT
 from gpt_jax.peft import io as peft_io
+from gpt_jax.peft.adalora import AdaLoRA
+from gpt_jax.peft.adapters import Adapters
 from gpt_jax.peft.base import Frozen, Full
 from gpt_jax.peft.lora import DEFAULT_TARGETS, LoRA, find_targets, kernel_views
-from peft_params import abstract, make_params
+from gpt_jax.peft.prefix import PrefixTuning
 
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 IDS = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 16)), jnp.int32)
@@ -59,6 +62,7 @@ def test_zero_init_is_bitwise_base(scan):
     cfg = cfg_of(scan)
     params = make_params(cfg)
     method = LoRA.from_config({"targets": "attn/(query|key|value|out_kernel)|mlp", "rank": 4, "alpha": 8.0}, 10)
+    assert method == LoRA(targets="attn/(query|key|value|out_kernel)|mlp", rank=4, alpha=8.0)
     trainable, frozen = method.split(params, jax.random.key(0))
     prefix = "h/block" if scan else "h_0"
     assert f"{prefix}/attn/out_kernel" in trainable and f"{prefix}/mlp/fc/kernel" in trainable
@@ -115,17 +119,16 @@ def test_delta_is_activation_space_lora():
 
 def test_targets_errors_and_views():
     params = abstract(cfg_of(False))
-    with pytest.raises(ValueError, match=r"peft.targets='nope' matches no kernel.*h_0/attn/key/kernel"):
+    with pytest.raises(ValueError, match=r"peft.lora.targets='nope' matches no kernel.*h_0/attn/key/kernel"):
         LoRA(targets="nope").split(params, jax.random.key(0))
     with pytest.raises(ValueError, match="not a valid regex"):
         LoRA(targets="(")
-    with pytest.raises(ValueError, match="peft.rank=0"):
+    with pytest.raises(ValueError, match="peft.lora.rank=0"):
         LoRA(rank=0)
     assert list(find_targets(params, "mlp/fc")) == ["h_0/mlp/fc/kernel", "h_1/mlp/fc/kernel"]
     assert not any("bias" in p or "wte" in p for p in find_targets(params, "."))  # kernels only
     v = kernel_views(abstract(cfg_of(True)))["h/block/attn/out_kernel"]
     assert (v.batch, v.fan_in, v.fan_out) == ((2,), 32, 32)
-
 
 
 @pytest.mark.parametrize("scan", SCAN)
@@ -186,12 +189,13 @@ def test_embedding_targets(scan, tmp_path):
     assert d1["wte"].shape == (64, 32) and not np.allclose(d0["wte"], d1["wte"])
 
     # Adapter files carry the wte entry and load back onto a fresh base.
-    config = {"method": "lora", "targets": method.targets, "rank": 4, "alpha": 8.0, "dropout": 0.0}
+    config = {"method": "lora", "lora": {"targets": method.targets, "rank": 4, "alpha": 8.0, "dropout": 0.0}}
     path = tmp_path / "adapter.safetensors"
     peft_io.save_adapter(path, "lora", config, trainable, peft_io.base_shapes(params))
     _, _, loaded = peft_io.load_adapter(path, peft_io.base_shapes(make_params(cfg, seed=7)))
     for part in ("a", "b"):
         np.testing.assert_array_equal(loaded["wte"][part], trainable["wte"][part])
+
 
 def test_rank_dropout_only_with_rng():
     cfg = cfg_of(False)
@@ -233,7 +237,7 @@ def test_gradients_flow_through_combine():
 
 
 def test_lora_plus_scales_only_b_updates():
-    """LoRA+ (peft.lora_plus_ratio): after Adam, B's step is ratio x plain LoRA's; A's is unchanged."""
+    """LoRA+ (peft.lora.plus_ratio): after Adam, B's step is ratio x plain LoRA's; A's is unchanged."""
     import optax
 
     params = make_params(cfg_of(False))
@@ -242,16 +246,16 @@ def test_lora_plus_scales_only_b_updates():
     grads = jax.tree.map(lambda x: jnp.cos(3.0 * x) + 0.1, trainable)  # non-zero everywhere
     steps = {}
     for ratio in (1.0, 16.0):
-        tx = LoRA(rank=2, lr_ratio=ratio).wrap_optimizer(optax.adamw(1e-3, weight_decay=0.1))
+        tx = LoRA(rank=2, plus_ratio=ratio).wrap_optimizer(optax.adamw(1e-3, weight_decay=0.1))
         steps[ratio], _ = tx.update(grads, tx.init(trainable), trainable)
     for path in trainable:
         np.testing.assert_array_equal(steps[16.0][path]["a"], steps[1.0][path]["a"])
         np.testing.assert_allclose(steps[16.0][path]["b"], 16.0 * steps[1.0][path]["b"], rtol=1e-6)
         assert np.abs(steps[1.0][path]["b"]).max() > 0
-    c = {"method": "lora", "lora_plus_ratio": 4.0}
-    assert peft.make_method(c, 10).lr_ratio == 4.0
-    with pytest.raises(ValueError, match=r"peft.lora_plus_ratio=0.0 must be > 0"):
-        LoRA(lr_ratio=0.0)
+    c = {"method": "lora", "lora": {"plus_ratio": 4.0}}
+    assert peft.make_method(c, 10).plus_ratio == 4.0
+    with pytest.raises(ValueError, match=r"peft.lora.plus_ratio=0.0 must be > 0"):
+        LoRA(plus_ratio=0.0)
 
 
 # ----------------------------------------------------------------------------- adapter files
@@ -262,7 +266,7 @@ def test_save_load_round_trip_on_fresh_base(tmp_path):
     base0, base1 = make_params(cfg, seed=0), make_params(cfg, seed=7)
     method = LoRA(rank=4, alpha=8.0)
     trainable = randomize_b(method.split(base0, jax.random.key(0))[0])
-    config = {"method": "lora", "targets": method.targets, "rank": 4, "alpha": 8.0, "dropout": 0.0}
+    config = {"method": "lora", "lora": {"targets": method.targets, "rank": 4, "alpha": 8.0, "dropout": 0.0}}
     path = tmp_path / "adapter.safetensors"
     size = peft_io.save_adapter(path, "lora", config, trainable, peft_io.base_shapes(base0))
     assert size == os.path.getsize(path)
@@ -277,6 +281,32 @@ def test_save_load_round_trip_on_fresh_base(tmp_path):
     for k in delta0:
         np.testing.assert_allclose(delta1[k], delta0[k], atol=1e-6, err_msg=k)
     assert np.abs(delta1["h_0/attn/query/kernel"]).max() > 1e-3
+
+
+def test_adapter_file_with_the_old_flat_peft_config_loads_nested(tmp_path):
+    """Adapter files written before the per-method sections hold the flat peft section: it reads nested."""
+    cfg = cfg_of(False)
+    base = make_params(cfg)
+    method = LoRA(rank=4, alpha=8.0, plus_ratio=2.0)
+    trainable = randomize_b(method.split(base, jax.random.key(0))[0])
+    old = {
+        "method": "lora",
+        "targets": method.targets,
+        "rank": 4,
+        "alpha": 8.0,
+        "dropout": 0.0,
+        "lora_plus_ratio": 2.0,
+        "target_rank": 4,
+        "adapter_dim": 16,
+        "prefix_len": 8,
+        "prefix_hidden": 0,
+    }
+    path = tmp_path / "old.safetensors"
+    peft_io.save_adapter(path, "lora", old, trainable, peft_io.base_shapes(base))
+    _, got_config, _ = peft_io.load_adapter(path, peft_io.base_shapes(base))
+    want = {"targets": method.targets, "rank": 4, "alpha": 8.0, "dropout": 0.0, "plus_ratio": 2.0}
+    assert got_config == {"method": "lora", "lora": want}
+    assert peft.make_method(got_config, 0) == method
 
 
 def test_load_errors(tmp_path):
@@ -364,11 +394,16 @@ def test_make_method_and_summary():
 
     c = base_config().peft
     c.method = "lora"
+    c.lora.rank = 3
     m = peft.make_method(c, 100)
-    assert isinstance(m, LoRA) and (m.rank, m.alpha, m.targets) == (c.rank, c.alpha, c.targets)
+    assert m == LoRA(**c.lora.to_dict())  # every key of the section is a field, and the defaults agree
     c.method = "adalora"
     a = peft.make_method(c, 100)
-    assert a.name == "adalora" and a.num_steps == 100 and a.target_rank == c.target_rank
+    assert a == AdaLoRA(**c.adalora.to_dict(), num_steps=100)
+    c.method = "adapters"
+    assert peft.make_method(c, 100) == Adapters(dim=c.adapters.dim)
+    c.method = "prefix"
+    assert peft.make_method(c, 100) == PrefixTuning(length=c.prefix.length, hidden=c.prefix.hidden)
     with pytest.raises(
         ValueError,
         match=r"peft.method='qlora' is not one of \('full', 'frozen', 'lora', 'adalora', 'adapters', 'prefix'\)",

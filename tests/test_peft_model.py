@@ -16,16 +16,26 @@ from flax import traverse_util
 
 from gpt_jax import generate as gen
 from gpt_jax.config import ModelConfig
-from gpt_jax.model import GPT, count_params, init_params
-from gpt_jax.peft.adapters import Adapters, graft
-from gpt_jax.peft.prefix import PrefixTuning, fold
+from gpt_jax.model import (
+    GPT,
+    NO_EXTENSIONS,
+    ExtendedConfig,
+    Extensions,
+    count_params,
+    extend,
+    extensions_of,
+    init_params,
+)
+from gpt_jax.peft.adapters import Adapter, AdapterModules, Adapters
+from gpt_jax.peft.base import graft
+from gpt_jax.peft.prefix import PrefixSlots, PrefixTuning, fold
 
 TINY = ModelConfig(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_embd=32)
 B, L = 3, 16
-ADAPT = TINY.replace(adapter_dim=4)
-PREFIX = TINY.replace(prefix_len=3)
+ADAPT = extend(TINY, sublayer=AdapterModules(4))
+PREFIX = extend(TINY, kv_prefix=PrefixSlots(3))
 # everything at once: reparameterised prefix, GQA, adapters, scanned layers
-MIXED = TINY.replace(prefix_len=2, prefix_hidden=8, n_kv_head=2, adapter_dim=4, scan_layers=True)
+MIXED = extend(TINY.replace(n_kv_head=2, scan_layers=True), sublayer=AdapterModules(4), kv_prefix=PrefixSlots(2, 8))
 CHANGED_AT = (None, 0, 5, L - 1)  # row i differs from row 0 only at this position
 
 
@@ -91,24 +101,18 @@ def assert_causal(logits) -> None:
 # ----------------------------------------------------------------------------- config
 
 
-def test_defaults_leave_the_model_unchanged():
-    assert (TINY.adapter_dim, TINY.prefix_len, TINY.prefix_hidden) == (0, 0, 0)
+def test_plain_config_has_no_extensions_and_extending_keeps_the_architecture():
+    assert extensions_of(TINY) == NO_EXTENSIONS and not hasattr(TINY, "extensions")
     base = flat(jax.eval_shape(lambda: init_params(TINY, jax.random.key(0))))
     assert not [n for n in base if "adapter" in n or "prefix" in n]
-
-
-@pytest.mark.parametrize(
-    "kw,match",
-    [
-        ({"adapter_dim": -1}, "adapter_dim=-1"),
-        ({"prefix_len": -2}, "prefix_len=-2"),
-        ({"prefix_hidden": 8}, "prefix_hidden=8 needs model.prefix_len"),
-    ],
-)
-def test_config_validation(kw, match):
-    with pytest.raises(ValueError, match=match) as e:
-        TINY.replace(**kw)
-    assert "\n" not in str(e.value)
+    assert isinstance(MIXED, ExtendedConfig) and MIXED.extensions == Extensions(AdapterModules(4), PrefixSlots(2, 8))
+    assert MIXED.base() == TINY.replace(n_kv_head=2, scan_layers=True) and type(MIXED.base()) is ModelConfig
+    assert MIXED.base() != MIXED and ADAPT != TINY and hash(MIXED) == hash(extend(MIXED, kv_prefix=PrefixSlots(2, 8)))
+    assert MIXED.replace(scan_layers=False).extensions == MIXED.extensions  # replace keeps them
+    # the architecture (its fields: what model_config.json holds) is the base's
+    assert dataclasses.asdict(MIXED) == dataclasses.asdict(MIXED.base())
+    with pytest.raises(ValueError, match="n_embd=30 is not divisible"):
+        extend(TINY.replace(n_embd=32), sublayer=AdapterModules(4)).replace(n_embd=30)
 
 
 def test_param_tree_and_counts():
@@ -142,13 +146,11 @@ def adapter_params():
 
     Only the adapters get their real init (a whole-model init compiles for half a minute here).
     """
-    from gpt_jax.layers import Adapter
-
     base = make_params(TINY)
     new = flat(make_params(ADAPT, seed=9))
     for i in range(TINY.n_layer):
         for name in ("adapter_attn", "adapter_mlp"):
-            init = Adapter(ADAPT).init(jax.random.key(10 * i + len(name)), jnp.zeros((1, 1, TINY.n_embd)))
+            init = Adapter(TINY, 4).init(jax.random.key(10 * i + len(name)), jnp.zeros((1, 1, TINY.n_embd)))
             new.update({f"h_{i}/{name}/{k}": v for k, v in flat(nn.meta.unbox(init["params"])).items()})
     return base, graft(unflat(new), base)
 
@@ -217,7 +219,7 @@ def test_greedy_generate_matches_full_forward(cfg):
     r = np.random.default_rng(5)
     prompts = [r.integers(0, cfg.vocab_size, n).astype(np.int32) for n in (5, 9)]  # left-padded differently
     n_new = 6
-    out = gen.generate(cfg, params, prompts, max_new_tokens=n_new, temperature=0.0)
+    out = gen.generate(cfg, params, prompts, gen.GenerateOptions(max_new_tokens=n_new, temperature=0.0))
     assert out.shape == (2, n_new)
     rows = [np.concatenate([p, o]) for p, o in zip(prompts, out)]
     ids = np.zeros((2, L), np.int32)  # right padding: causal, so it cannot move earlier logits
@@ -248,7 +250,8 @@ def test_attention_weights_are_sown(cfg):
     ids = causal_batch()
     logits, state = apply(cfg, params, ids, mutable=True)
     np.testing.assert_allclose(logits, apply(cfg, params, ids), atol=1e-5, rtol=1e-5)  # same model
-    p, s = cfg.prefix_len, cfg.prefix_len + L
+    p = cfg.extensions.kv_prefix.length
+    s = p + L
     if cfg.scan_layers:
         (w,) = state["intermediates"]["h"]["block"]["attn"]["attention_weights"]
         assert w.shape == (cfg.n_layer, len(CHANGED_AT), cfg.n_head, L, s)
@@ -278,7 +281,7 @@ def test_plain_apply_sows_nothing():
 
 
 def test_adapters_split_combine_round_trip():
-    method = Adapters.from_config({"adapter_dim": 4}, num_steps=10)
+    method = Adapters.from_config({"dim": 4}, num_steps=10)
     assert method.model_config(TINY) == ADAPT
     _, params = adapter_params()
     trainable, frozen = method.split(params, jax.random.key(0))
@@ -295,10 +298,10 @@ def test_adapters_split_combine_round_trip():
 
 
 def test_prefix_split_combine_and_fold():
-    method = PrefixTuning.from_config({"prefix_len": 2, "prefix_hidden": 8}, num_steps=10)
-    base = TINY.replace(n_kv_head=2, adapter_dim=4, scan_layers=True)
+    method = PrefixTuning.from_config({"length": 2, "hidden": 8}, num_steps=10)
+    base = extend(TINY.replace(n_kv_head=2, scan_layers=True), sublayer=AdapterModules(4))
     cfg = method.model_config(base)
-    assert cfg == MIXED
+    assert cfg == MIXED  # a second method's modules join the first's
     params = make_params(cfg)
     trainable, frozen = method.split(params, None)
     assert set(flat(trainable)) == {n for n in flat(params) if "/attn/prefix/" in n}
@@ -307,7 +310,7 @@ def test_prefix_split_combine_and_fold():
     assert all(np.array_equal(back_v, flat(params)[n]) for n, back_v in flat(back).items())
     # fold: direct slots computing the same model, without the MLP
     folded_cfg, folded = method.fold(cfg, back)
-    assert folded_cfg == cfg.replace(prefix_hidden=0)
+    assert folded_cfg == extend(cfg, kv_prefix=PrefixSlots(2, 0))
     assert flat(folded)["h/block/attn/prefix/prefix_key"].shape == (TINY.n_layer, 2, 2, TINY.head_dim)
     assert count_params(folded) == count_params(make_params(folded_cfg))
     ids = causal_batch()
@@ -329,37 +332,47 @@ def test_graft_keeps_boxes_and_refuses_other_backbones():
         graft(make_params(ADAPT.replace(scan_layers=True)), base)
 
 
-@pytest.mark.parametrize("kw,match", [({"adapter_dim": 0}, "adapter_dim=0"), ({"prefix_len": 0}, "prefix_len=0")])
-def test_methods_refuse_zero_sizes(kw, match):
-    method = Adapters if "adapter_dim" in kw else PrefixTuning
-    with pytest.raises(ValueError, match=match):
-        method.from_config({**kw, "prefix_hidden": 0}, 1)
+@pytest.mark.parametrize(
+    "method,kw,match",
+    [
+        (Adapters, {"dim": 0}, "peft.adapters.dim=0"),
+        (PrefixTuning, {"length": 0}, "peft.prefix.length=0"),
+        (PrefixTuning, {"length": 2, "hidden": -1}, "peft.prefix.hidden=-1"),
+    ],
+)
+def test_methods_refuse_bad_sizes(method, kw, match):
+    with pytest.raises(ValueError, match=match) as e:
+        method.from_config(kw, 1)
+    assert "\n" not in str(e.value)
 
 
 # ----------------------------------------------------------------------------- workdirs / export
 
 
-def test_old_model_config_without_new_fields_resumes(tmp_path):
+def test_saved_model_config_with_the_old_peft_fields_resumes(tmp_path):
+    """model_config.json from before held adapter_dim / prefix_len / prefix_hidden: they are not
+    compared (the method rebuilds its modules), so the run resumes; a real architecture change is refused."""
     import ml_collections
 
     from gpt_jax import run_config
 
     config = ml_collections.ConfigDict({"model": {"n_layer": 2}})
     fields = dataclasses.asdict(TINY)
-    old = {k: v for k, v in fields.items() if k not in ("adapter_dim", "prefix_len", "prefix_hidden")}
+    old = {**fields, "adapter_dim": 4, "prefix_len": 3, "prefix_hidden": 0}
     (tmp_path / "model_config.json").write_text(json.dumps(old))
-    run_config.check_and_save(tmp_path, config, fields)  # missing keys = their defaults: resumes
-    assert json.loads((tmp_path / "model_config.json").read_text())["adapter_dim"] == 0
+    run_config.check_and_save(tmp_path, config, fields)
+    assert json.loads((tmp_path / "model_config.json").read_text()) == fields
     (tmp_path / "model_config.json").write_text(json.dumps(old))
-    with pytest.raises(ValueError, match=r"model\.adapter_dim=0 .* 4"):
-        run_config.check_and_save(tmp_path, config, dataclasses.asdict(ADAPT))
+    with pytest.raises(ValueError, match=r"model\.n_embd=32 .* 64"):
+        run_config.check_and_save(tmp_path, config, dataclasses.asdict(TINY.replace(n_embd=64)))
 
 
-@pytest.mark.parametrize("cfg,field", [(ADAPT, "adapter_dim"), (PREFIX, "prefix_len")])
-def test_hf_export_refuses_adapters_and_prefixes(cfg, field):
+@pytest.mark.parametrize("cfg", [ADAPT, PREFIX], ids=["adapters", "prefix"])
+def test_hf_export_refuses_extensions(cfg):
     from gpt_jax import hf
 
-    with pytest.raises(hf.HFError, match=f"model.{field}=") as e:
+    with pytest.raises(hf.HFError, match="extension modules") as e:
         hf.check_exportable(cfg)
     assert "\n" not in str(e.value)
     hf.check_exportable(TINY)
+    hf.check_exportable(cfg.base())

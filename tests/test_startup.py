@@ -20,8 +20,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_python(code: str, **env) -> str:
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
-        capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.strip().splitlines()[-1]
@@ -46,16 +49,42 @@ def test_second_process_loads_compiled_step_from_cache(tmp_path):
     assert second[0] == first[0] and int(second[1]) >= 1  # same result, executable loaded not compiled
 
 
-def test_compile_cache_off_when_empty():
-    import jax
-
-    c = base_config()
-    c.train.compile_cache_dir = ""
-    before = jax.config.jax_compilation_cache_dir
+def test_compile_cache_off_when_empty(tmp_path):
+    """compile_cache_dir="" turns the cache off even where one was on before (here JAX_COMPILATION_CACHE_DIR,
+    as a user's shell may set it): a compile then writes nothing, neither there nor at the default
+    ~/.cache path. The control process, same code without applying the config, writes cache files,
+    so an empty folder means "off", not "nothing worth caching"."""
+    code = """
+    import jax, jax.numpy as jnp
+    from configs.base import base_config
     from gpt_jax import run_config
-
-    run_config.apply_compile_cache(c)
-    assert jax.config.jax_compilation_cache_dir == before
+    c = base_config(); c.train.compile_cache_dir = ""
+    if APPLY:
+        run_config.apply_compile_cache(c)
+    jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((64, 64))).block_until_ready()
+    print(jax.config.jax_compilation_cache_dir)
+    """
+    procs = {}
+    for apply in (False, True):
+        home = tmp_path / f"home_{apply}"
+        env = {
+            **os.environ, "JAX_PLATFORMS": "cpu", "HOME": str(home),
+            "JAX_COMPILATION_CACHE_DIR": str(tmp_path / f"cache_{apply}"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        }  # fmt: skip
+        procs[apply] = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code).replace("APPLY", str(apply))],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    for apply, proc in procs.items():  # the two start together: one interpreter start's wait, not two
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        procs[apply] = out.strip().splitlines()[-1]
+    cache_files = lambda apply: [p for p in (tmp_path / f"cache_{apply}").rglob("*") if p.is_file()]
+    assert cache_files(False), "control: the environment's cache is on and this compile is cached"
+    assert procs[True] == "None"
+    assert cache_files(True) == []
+    assert not [p for p in (tmp_path / "home_True").rglob("*") if p.is_file()]  # nor the default ~/.cache path
 
 
 def test_metric_writer_does_not_import_torch(tmp_path):

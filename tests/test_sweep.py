@@ -1,4 +1,4 @@
-"""experiments.sweep (cross product, commands, resumable runs, results) and the gpt_jax.plot CLI.
+"""experiments.sweep (cross product, commands, resumable runs, results) and the gpt_jax.analysis.plot CLI.
 
 One tiny 2-setting x 2-seed sweep (4 steps a run, in-process so compiled code is shared) is made
 once per module; the resume test then runs the default subprocess path once.
@@ -14,7 +14,8 @@ import shutil
 import pytest
 
 from experiments import sweep
-from gpt_jax import plot
+from gpt_jax.analysis import plot
+from gpt_jax.cli import plot as plot_cli
 
 TINY = [
     "train.num_steps=4",
@@ -184,14 +185,14 @@ def test_interrupted_run_resumes_in_a_subprocess(tiny_sweep, tfds_cache, capsys)
     assert {p: p.stat().st_mtime_ns for p in others} == others
 
 
-# ----------------------------------------------------------------------------- gpt_jax.plot
+# -------------------------------------------------------------------- gpt_jax.analysis.plot
 
 
 def test_plot_cli_writes_png(tiny_sweep, tmp_path, capsys):
     a, b = (tiny_sweep / "runs" / s / "seed0" for s in SETTINGS)
     png = tmp_path / "loss.png"
-    assert plot.main([f"--workdir={a}", str(b), f"--out={png}"]) == 0
+    assert plot_cli.main([f"--workdir={a}", str(b), f"--out={png}"]) == 0
     assert png.read_bytes().startswith(PNG_MAGIC)
     assert plot.labels_for([a, b]) == [f"{s}/seed0" for s in SETTINGS]
-    assert plot.main([f"--workdir={tmp_path / 'nope'}", f"--out={png}"]) == 2
+    assert plot_cli.main([f"--workdir={tmp_path / 'nope'}", f"--out={png}"]) == 2
     assert "metrics.jsonl not found" in capsys.readouterr().err

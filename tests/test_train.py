@@ -28,16 +28,11 @@ from gpt_jax import trainer as trainer_lib
 from gpt_jax.checkpoint import Checkpointer, checkpoint_dir, restore_target
 from gpt_jax.config import ModelConfig
 from gpt_jax.metrics import read_metrics
+from gpt_jax.models import gpt
+from gpt_jax.objectives.loss import causal_lm_loss
 from gpt_jax.optim import decay_mask, make_optimizer
-from gpt_jax.train import (
-    TrainState,
-    causal_lm_loss,
-    create_train_state,
-    make_eval_step,
-    make_train_step,
-    scan_steps,
-    state_shardings,
-)
+from gpt_jax.tasks.lm_state import create_train_state, make_eval_step, make_train_step, state_shardings
+from gpt_jax.train import TrainState, scan_steps
 
 CFG = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 BATCH = 8
@@ -73,7 +68,9 @@ def tree_equal(a, b) -> bool:
 def assert_tree_allclose(a, b, atol, rtol=0.0):
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(
+            np.asarray(x), np.asarray(y), atol=atol, rtol=rtol, err_msg=jax.tree_util.keystr(path)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +205,15 @@ def test_decay_mask_names(init_state):
         "h_1/mlp/proj/kernel",
     ):
         assert flat[needed], needed
-    for needed in ("wte", "wpe", "ln_f/scale", "ln_f/bias", "h_0/attn/query/bias", "h_0/attn/out_bias", "h_0/ln_1/scale"):
+    for needed in (
+        "wte",
+        "wpe",
+        "ln_f/scale",
+        "ln_f/bias",
+        "h_0/attn/query/bias",
+        "h_0/attn/out_bias",
+        "h_0/ln_1/scale",
+    ):
         assert not flat[needed], needed
     with_emb = traverse_util.flatten_dict(decay_mask(params, decay_embeddings=True))
     assert with_emb[("wte",)] and with_emb[("wpe",)] and not with_emb[("ln_f", "scale")]
@@ -305,7 +310,7 @@ def test_muon_state_follows_param_shardings():
     """Muon labels params with a callable, which optax.tree_map_params cannot trace: its momentum must
     still take each kernel's sharding (matched by name and shape), not fall back to replicated."""
     mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    tx, _ = make_optimizer(optim_config(name="muon"), 10)
+    tx, _ = make_optimizer(optim_config(name="muon"), 10, gpt.matrix_dims)
     _, shardings = state_shardings(CFG, tx, mesh)
     flat = {
         tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path): s

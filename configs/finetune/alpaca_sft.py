@@ -8,6 +8,7 @@ Time:     not measured on a real base in this repository yet: the seed-task exam
           tokens, so the base needs block_size >= 512 (e.g. imported GPT-2); the tests run it on a tiny base.
 Expect:   validation loss on the replies only; no reference figure yet.
 """
+
 from configs.base import base_config
 
 
@@ -17,9 +18,9 @@ def get_config():
     c.task.dataset = "alpaca_seed_tasks"
     c.task.template = "chatml"
     c.task.packing = True
-    c.data.tokenizer = "byte"      # used only from scratch (a base brings its own tokenizer)
+    c.data.tokenizer = "byte"  # used only from scratch (a base brings its own tokenizer)
     c.peft.method = "lora"
-    c.peft.targets = "attn/(query|key|value|out_kernel)|mlp/(fc|proj)"
+    c.peft.lora.targets = "attn/(query|key|value|out_kernel)|mlp/(fc|proj)"
     c.model.dropout = 0.0
     c.train.batch_size = 8
     c.train.num_steps = 300

@@ -6,6 +6,7 @@ Run:      python -m gpt_jax.finetune --config=configs/finetune/sst2.py --init_fr
 Time:     4-7 min per method here (README "Fine-tuning results").
 Expect:   full fine-tuning dev 79.5% / test 80.6% (as sst2_full); report.txt holds the classification report.
 """
+
 from configs.base import base_config
 
 
@@ -14,10 +15,10 @@ def get_config():
     c.task.name = "classify"
     c.task.dataset = "sst2"
     c.task.pooling = "last"
-    c.task.max_len = 48             # covers ~95% of dev sentences in this BPE
+    c.task.max_len = 48  # covers ~95% of dev sentences in this BPE
     c.task.early_stop_metric = "val_accuracy"
     c.task.patience = 4
-    c.data.tokenizer = "bpe"       # used only from scratch (a base brings its own tokenizer)
+    c.data.tokenizer = "bpe"  # used only from scratch (a base brings its own tokenizer)
     c.data.vocab_size = 4096
     c.model.dropout = 0.1
     c.train.batch_size = 32

@@ -5,6 +5,7 @@ Time:     1.2 min here (1,500 steps; nothing else running).
 Expect:   dev 62.2% / test 60.4% (54.2 / 54.1 with task.pooling=last): how much sentiment the frozen
           base's features carry, the ceiling the frozen-base PEFT methods start from. (README "Fine-tuning results")
 """
+
 from configs.finetune.sst2 import get_config as sst2_config
 
 

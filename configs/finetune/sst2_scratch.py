@@ -4,6 +4,7 @@ Run:      python -m gpt_jax.finetune --config=configs/finetune/sst2_scratch.py -
 Time:     4.3 min here (1,000 steps, two runs sharing the 2 cores).
 Expect:   dev 79.2% / test 76.9% accuracy (best dev checkpoint). (README "Fine-tuning results")
 """
+
 from configs.finetune.sst2 import get_config as sst2_config
 
 
@@ -14,7 +15,7 @@ def get_config():
     c.model.n_head = 4
     c.model.n_embd = 128
     c.model.block_size = 64
-    c.model.pos = "rope"            # as the base (configs/sst2_pretrain.py)
+    c.model.pos = "rope"  # as the base (configs/sst2_pretrain.py)
     c.optim.lr = 1e-3
     c.optim.min_lr = 1e-4
     return c

@@ -1,4 +1,5 @@
 """Data layer: text splits -> tokenizer -> token arrays -> step-addressed batches."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ The window offsets of step `s` come from `np.random.default_rng([seed, salt, s])
   - batches(0, 10) == batches(0, 5) ++ batches(5, 5),
   - every process draws the same global batch and keeps its own contiguous rows of it.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -72,9 +73,7 @@ class TokenBatcher:
         if process_count < 1 or not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count}).")
         if self.batch_size % process_count:
-            raise ValueError(
-                f"Global batch_size {self.batch_size} is not divisible by process_count {process_count}."
-            )
+            raise ValueError(f"Global batch_size {self.batch_size} is not divisible by process_count {process_count}.")
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}.")
         b_local = self.batch_size // process_count

@@ -9,18 +9,20 @@ for text corpora (`sources.choose_manual_dir` / `sources.resolve_tfds_dir`).
 
 To add a dataset: one entry in `LABELLED` (split -> TSV path under the manual dir, the label map).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import os
 import pathlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from gpt_jax.data import sources, text_builder
+import gpt_jax.data.sources as sources
+import gpt_jax.data.text_builder as text_builder
 from gpt_jax.data.tokenizers import Tokenizer
 
 # Bump when the stored layout changes, so old caches are not reused silently.
@@ -147,9 +149,7 @@ def load_labelled(
     spec = _check_known(dataset)
     base = sources.require_manual_files(dataset, spec.files.values(), manual_dir)
     tfds_dir = sources.resolve_tfds_dir(data_dir)
-    builder = sources.prepare_builder(
-        lambda: GptJaxLabelled(config=dataset, data_dir=str(tfds_dir)), base, sources_md5(base, spec)
-    )
+    builder = sources.prepare_builder(GptJaxLabelled, dataset, tfds_dir, base, sources_md5(base, spec))
     return {split: _read_split(builder, split) for split in spec.files}, list(spec.label_names)
 
 

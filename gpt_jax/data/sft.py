@@ -12,10 +12,11 @@ A conversation is `(system, [(user, assistant), ...])`. Row formats (one JSON ob
                LLaMA-Factory's function_call (an assistant turn) / observation (a user turn).
   - messages   {messages: [{role, content}, ...]}: role = system/user/assistant (OpenAI style).
 
-Rendering follows gpt_jax.chat.ChatTemplate, so a model fine-tuned here is prompted by the chat CLI
+Rendering follows gpt_jax.chat_template.ChatTemplate, so a model fine-tuned here is prompted by the chat CLI
 with exactly the text it was trained on. Only assistant replies (and the template's end marker
 after each) carry loss.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,13 @@ import logging
 import math
 import os
 import pathlib
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from gpt_jax.chat import ChatTemplate
-from gpt_jax.data import sources
+import gpt_jax.data.sources as sources
+from gpt_jax.chat_template import ChatTemplate
 from gpt_jax.data.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,9 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno}); fix or remove that line.") from None
+                raise ValueError(
+                    f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno}); fix or remove that line."
+                ) from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{line_no}: expected a JSON object per line, got {type(row).__name__}.")
             yield line_no, row
@@ -86,7 +90,9 @@ def _alpaca_user(instruction: str, input_: str) -> str:
     return f"{instruction}\n\n{input_}" if input_ else instruction
 
 
-def _message_turns(messages: list, role_key: str, text_key: str, where: str | None) -> tuple[str, list[tuple[str, str]]]:
+def _message_turns(
+    messages: list, role_key: str, text_key: str, where: str | None
+) -> tuple[str, list[tuple[str, str]]]:
     """Alternating user/assistant messages (system first, if any) -> (system, turns)."""
     system, turns, pending = "", [], None
     for i, msg in enumerate(messages):
@@ -152,7 +158,9 @@ def to_conversation(row: dict[str, Any], where: str | None = None) -> Conversati
     """The one conversation of a row; a seed task with several instances needs `conversations`."""
     convs = conversations(row, where)
     if len(convs) != 1:
-        raise ValueError(f"{_where(where)}row holds {len(convs)} conversations (seed-task instances); use conversations(row).")
+        raise ValueError(
+            f"{_where(where)}row holds {len(convs)} conversations (seed-task instances); use conversations(row)."
+        )
     return convs[0]
 
 
@@ -209,7 +217,10 @@ def truncate(examples: Sequence[Example], length: int) -> list[Example]:
         log.warning(
             "%d of %d SFT examples are longer than %d tokens and were truncated (%d of them kept no "
             "trained token); raise the sequence length (task.max_len / model.block_size) to keep them whole.",
-            cut, len(out), length + 1, empty,
+            cut,
+            len(out),
+            length + 1,
+            empty,
         )
     return out
 

@@ -6,17 +6,18 @@
   - 'tfds:<name>[/<config>][:<version>]' (e.g. 'tfds:tiny_shakespeare', 'tfds:lm1b'): TFDS's own
     builders, which need TensorFlow (`pip install "gpt_jax[tf]"`) and usually the internet.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import pathlib
 import shutil
-from typing import Callable, Iterable
+from collections.abc import Iterable
 
 import tensorflow_datasets as tfds
 
-from gpt_jax.data import text_builder
+import gpt_jax.data.text_builder as text_builder
 
 MANUAL_DIR_ENV = "GPT_JAX_DATA_DIR"
 TFDS_DIR_ENV = "GPT_JAX_TFDS_DIR"
@@ -103,40 +104,72 @@ def load_text_splits(
 ) -> dict[str, str]:
     """{'train': text, 'validation': text} for a local corpus or a 'tfds:...' dataset."""
     if dataset.startswith(TFDS_PREFIX):
-        return _load_tfds_builtin(
-            dataset[len(TFDS_PREFIX) :], resolve_tfds_dir(data_dir), text_feature
-        )
+        return _load_tfds_builtin(dataset[len(TFDS_PREFIX) :], resolve_tfds_dir(data_dir), text_feature)
     return _load_local(dataset, resolve_manual_dir(manual_dir, dataset=dataset), resolve_tfds_dir(data_dir))
 
 
 def _load_local(dataset: str, manual_dir: pathlib.Path, data_dir: pathlib.Path) -> dict[str, str]:
     source_md5 = text_builder.file_md5(manual_dir / text_builder.CORPORA[dataset].relative_path)
-    builder = prepare_builder(
-        lambda: text_builder.GptJaxText(config=dataset, data_dir=str(data_dir)), manual_dir, source_md5
-    )
+    builder = prepare_builder(text_builder.GptJaxText, dataset, data_dir, manual_dir, source_md5)
     return {split: text_builder.read_split_text(builder, split) for split in SPLITS}
 
 
 def prepare_builder(
-    make_builder: Callable[[], tfds.core.GeneratorBasedBuilder], manual_dir: pathlib.Path, source_md5: str
+    builder_cls: type[tfds.core.GeneratorBasedBuilder],
+    config: str,
+    data_dir: str | os.PathLike,
+    manual_dir: pathlib.Path,
+    source_md5: str,
 ) -> tfds.core.GeneratorBasedBuilder:
-    """A builder of ours, prepared to array_record under its data_dir (once: later calls reuse the
-    cache while its metadata's `source_md5` still matches the source files)."""
-    builder = make_builder()
-    # (exists() first: is_prepared() logs a warning about a folder that is simply not there yet.)
-    if builder.data_path.exists() and builder.is_prepared():
-        # The cache is keyed by name/version only; re-prepare if the source file changed.
-        if builder.info.metadata.get("source_md5") == source_md5:
+    """A builder of ours, prepared to array_record under `data_dir` (once: later calls reuse the
+    cache while its metadata's `source_md5` still matches the source files and every record reads
+    back; a cache that is stale, incomplete or corrupted is deleted and prepared again)."""
+    path = cache_path(builder_cls, config, data_dir)
+    if path.exists():
+        try:
+            builder = builder_cls(config=config, data_dir=str(data_dir))
+            problem = _cache_problem(builder, source_md5)
+        except Exception as e:  # noqa: BLE001 - whatever fails reading the cache back, preparing again fixes
+            problem = f"cannot be read back ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        if problem is None:
             return builder
-        log.warning("The source of %s changed since it was prepared; preparing again.", builder.data_path)
-        # Delete ourselves: TFDS's overwrite modes refuse a builder whose info came from disk.
-        shutil.rmtree(builder.data_path)
-        builder = make_builder()
+        log.warning("The prepared TFDS cache %s %s; deleting it and preparing again.", path, problem)
+        try:
+            # Deleted by us: TFDS's overwrite modes refuse a builder whose info came from disk.
+            shutil.rmtree(path)
+        except OSError as e:
+            raise ValueError(
+                f"The prepared TFDS cache {path} {problem} and could not be deleted ({e}); delete it by hand."
+            ) from None
+    builder = builder_cls(config=config, data_dir=str(data_dir))
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
         file_format="array_record",
     )
     return builder
+
+
+def cache_path(builder_cls: type[tfds.core.DatasetBuilder], config: str, data_dir: str | os.PathLike) -> pathlib.Path:
+    """Where `builder_cls(config=config, data_dir=data_dir)` keeps its prepared files (its `data_path`),
+    known without constructing it: construction already reads the cache's dataset_info.json."""
+    return pathlib.Path(data_dir) / builder_cls.name / config / str(builder_cls.VERSION)
+
+
+def _cache_problem(builder: tfds.core.DatasetBuilder, source_md5: str) -> str | None:
+    """Why the prepared cache cannot be reused (None: it can). Reads every record (tiny_shakespeare: ~10 ms)."""
+    if not builder.is_prepared():
+        return "is incomplete (no dataset_info.json)"
+    if builder.info.metadata.get("source_md5") != source_md5:
+        return "was prepared from an older version of its source file"
+    for split, split_info in builder.info.splits.items():
+        source = builder.as_data_source(split=split)
+        if len(source) != split_info.num_examples:
+            return f"holds {len(source)} {split} records, not {split_info.num_examples}"
+        for i in range(len(source)):
+            record = source[i]
+            if not isinstance(record, dict) or any(value is None for value in record.values()):
+                return f"has an unreadable {split} record ({i})"
+    return None
 
 
 def _load_tfds_builtin(name: str, data_dir: pathlib.Path, text_feature: str) -> dict[str, str]:

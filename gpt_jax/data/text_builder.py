@@ -11,14 +11,16 @@ For tiny_shakespeare, n = 1,115,394 and n_train = int(1,003,854.6) = 1,003,854.
 
 To add a corpus: one entry in `CORPORA` (relative path under the manual dir + a reader).
 """
+
 from __future__ import annotations
 
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import pathlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -33,35 +35,51 @@ CHUNK_CHARS = 1 << 16
 TRAIN_FRACTION = 0.9
 
 
+def decode_utf8(data: bytes, path: pathlib.Path) -> str:
+    """`data` (the bytes of `path`) as text; a non-UTF-8 byte is a one-line error naming where it is."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise ValueError(
+            f"{path} is not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} (line {line}, byte {column} "
+            f"of that line) cannot be decoded; re-encode the file as UTF-8 (e.g. iconv -f <its encoding> -t utf-8)."
+        ) from None
+
+
 def read_utf8(path: pathlib.Path) -> str:
-    # newline="" keeps the file's characters exactly (no \r\n translation), so counts match disk.
-    with open(path, encoding="utf-8", newline="") as f:
-        return f.read()
+    # Decoded as a whole, like open(newline=""): the file's characters exactly (no \r\n translation).
+    return decode_utf8(path.read_bytes(), path)
 
 
 def read_poetry_jsonl(path: pathlib.Path) -> str:
     # chinese-poetry JSONL: one poem per line with `paragraphs: [str]`; a blank line between poems.
     poems = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
+    for number, line in enumerate(io.StringIO(read_utf8(path), newline=None), 1):
+        if line.strip():
+            try:
                 poems.append("\n".join(json.loads(line)["paragraphs"]))
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(
+                    f"{path}:{number}: expected a JSON object with a 'paragraphs' list ({type(e).__name__}: {e}); "
+                    "fix or drop that line."
+                ) from None
     return "\n\n".join(poems) + "\n"
 
 
 def iter_tsv_rows(path: pathlib.Path, num_fields: int = 2) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of each row after the header. QUOTE_NONE: SST-2's sentences hold bare
     quote characters, which must stay text; so one row is exactly one line."""
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader, None)  # header ('label<TAB>sentence' / 'label<TAB>content')
-        for fields in reader:
-            if len(fields) != num_fields:
-                raise ValueError(
-                    f"{path}:{reader.line_num}: expected {num_fields} tab-separated fields, got "
-                    f"{len(fields)}; fix that row (a tab inside the text?)."
-                )
-            yield reader.line_num, fields
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    next(reader, None)  # header ('label<TAB>sentence' / 'label<TAB>content')
+    for fields in reader:
+        if len(fields) != num_fields:
+            raise ValueError(
+                f"{path}:{reader.line_num}: expected {num_fields} tab-separated fields, got "
+                f"{len(fields)}; fix that row (a tab inside the text?)."
+            )
+        yield reader.line_num, fields
 
 
 def read_tsv_sentences(path: pathlib.Path) -> str:
@@ -158,6 +176,8 @@ class GptJaxText(tfds.core.GeneratorBasedBuilder):
         path = pathlib.Path(dl_manager.manual_dir) / cfg.relative_path
         text = cfg.reader(path)
         n_train = split_point(len(text), cfg.train_fraction)
+        if not 0 < n_train < len(text):
+            raise ValueError(_too_short(path, len(text), cfg))
         self.info.metadata.update(
             source_file=cfg.relative_path,
             source_md5=file_md5(path),
@@ -174,6 +194,18 @@ class GptJaxText(tfds.core.GeneratorBasedBuilder):
         step = self.corpus_config.chunk_chars
         for index, start in enumerate(range(0, len(text), step)):
             yield index, {"index": index, "text": text[start : start + step]}
+
+
+def _too_short(path: pathlib.Path, num_chars: int, cfg: TextCorpusConfig) -> str:
+    fix = f"or set config.data.manual_dir (or $GPT_JAX_DATA_DIR) to the folder that holds the real {cfg.relative_path}."
+    size = path.stat().st_size
+    if size == 0:
+        return f"corpus {path} is empty (0 bytes); put the training text in it, {fix}"
+    return (
+        f"corpus {path} holds {num_chars} characters of text ({size} bytes): too few to split "
+        f"{cfg.train_fraction:g}/{1 - cfg.train_fraction:g} into non-empty train and validation parts; "
+        f"add text to it, {fix}"
+    )
 
 
 def read_split_text(builder: GptJaxText, split: str) -> str:

@@ -1,4 +1,6 @@
-"""Generation internals: logits processors, the compiled prefill/decode loops, beam search.
+"""Generation internals: options, prompt packing, placement, logits processors, the compiled
+prefill/decode loops, beam search, and the `generate` / `stream` entry points.
 
-The public API is `gpt_jax.generate` (generate, stream).
+The public API is the facade `gpt_jax.generate` (generate, stream, GenerateOptions). Submodules import
+each other directly; this package imports none of them.
 """

@@ -2,7 +2,8 @@
 repetition penalty -> banned tokens -> (greedy argmax | temperature -> top-k -> top-p -> min-p -> sample).
 
 Which processors run is static (`Mode`: a compiled program per combination); their values are traced
-(`Knobs`: changing temperature, top_k within its bound, top_p, ... never recompiles).
+(`Knobs`: changing temperature, top_k within its bound, top_p, ... never recompiles). `mode_of` and
+`knobs_of` derive both from a `GenerateOptions`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import dataclasses
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from gpt_jax.generation.options import GenerateOptions
 
 NEG_INF = -jnp.inf
 
@@ -39,6 +43,40 @@ class Knobs:
     banned_V: jax.Array  # bool: never produced
     stop_V: jax.Array  # bool: a row is done once it produces one (it is kept in the output)
     pad_id: jax.Array  # int32: emitted by rows that are done
+
+
+def mode_of(o: GenerateOptions, vocab: int) -> Mode:
+    """The static part: which processors the compiled program contains (set = on, whatever the value)."""
+    sampling = o.num_beams == 1 and not o.greedy
+    k = o.top_k if sampling and o.top_k is not None and o.top_k < vocab else 0
+    return Mode(
+        greedy=o.greedy or o.num_beams > 1,
+        top_k_bound=min(vocab, 1 << (k - 1).bit_length()) if k else 0,
+        top_p=sampling and o.top_p is not None,
+        min_p=sampling and o.min_p is not None,
+        repetition=o.repetition_penalty is not None,
+    )
+
+
+def knobs_of(o: GenerateOptions, vocab: int) -> Knobs:
+    """The traced part, as host (numpy) values."""
+    o.check_ids(vocab)
+
+    def mask(ids):
+        m = np.zeros(vocab, bool)
+        m[list(ids)] = True
+        return m
+
+    return Knobs(
+        temperature=np.float32(o.temperature or 1.0),
+        top_k=np.int32(o.top_k or 0),
+        top_p=np.float32(o.top_p or 1.0),
+        min_p=np.float32(o.min_p or 0.0),
+        repetition_penalty=np.float32(o.repetition_penalty or 1.0),
+        banned_V=mask(o.banned_ids),
+        stop_V=mask(o.stop_ids),
+        pad_id=np.int32(o.pad_id),
+    )
 
 
 def penalize(logits_BxV, seen_BxV, knobs: Knobs, mode: Mode):

@@ -7,7 +7,7 @@
 windows_KxBxW: int32 [K, B, L+1], each row L+1 consecutive corpus tokens (TokenBatcher's gather).
 The batch follows the design contract: inputs/targets int32 [K, B, L], weights float32 [K, B, L]
 (loss mask), prefix_len int32 [K, B] where attention is not plain causal (gpt_jax.masks). The loss is
-always `train.causal_lm_loss` (weighted cross entropy of logits[t] against targets[t]); an objective
+always `objectives.loss.causal_lm_loss` (weighted cross entropy of logits[t] against targets[t]); an objective
 only decides what the rows, targets, weights and mask are. Pure numpy, vectorised over [K, B].
 
   causal     next-token prediction (GPT): inputs = w[:-1], targets = w[1:].
@@ -33,11 +33,15 @@ from gpt_jax.objectives.prefix_lm import PrefixLM
 class Objective(Protocol):
     name: str
     extra_tokens: int  # sentinel ids base_vocab .. base_vocab + extra_tokens - 1
+    plain_windows: bool  # make_batch returns the windows unchanged (no per-step transform needed)
+    left_to_right: bool  # the model it trains can sample text left to right (not MLM)
 
     @property
     def sentinels(self) -> dict[str, int]: ...  # sentinel name -> id
 
     def make_batch(self, windows_KxBxW: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]: ...
+
+    def loss(self, logits_BxLxV, batch) -> tuple: ...  # (summed loss, count) of a batch make_batch built
 
 
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
@@ -57,4 +61,11 @@ def get(name: str, base_vocab: int, **options) -> Objective:
     return OBJECTIVES[name](int(base_vocab), **options)
 
 
-__all__ = ["FIM", "MLM", "OBJECTIVES", "Causal", "Objective", "PrefixLM", "get"]
+def from_config(config, base_vocab: int) -> Objective:
+    """`config.objective` with its options from `config.objectives.<name>` (absent in old runs: defaults)."""
+    name = config.get("objective", "causal")
+    options = (config.get("objectives") or {}).get(name) or {}
+    return get(name, base_vocab, **dict(options))
+
+
+__all__ = ["FIM", "MLM", "OBJECTIVES", "Causal", "Objective", "PrefixLM", "from_config", "get"]

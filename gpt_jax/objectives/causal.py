@@ -7,6 +7,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from gpt_jax.objectives.loss import WeightedCrossEntropy
+
 
 def check_windows(windows_KxBxW, min_width: int, name: str) -> np.ndarray:
     """windows as int32 [K, B, W] (W = L+1), or a one-line error."""
@@ -31,9 +33,11 @@ def shift(w_KxBxW: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Causal:
+class Causal(WeightedCrossEntropy):
     base_vocab: int
     name: ClassVar[str] = "causal"
+    plain_windows: ClassVar[bool] = True  # batches are the corpus windows as they are
+    left_to_right: ClassVar[bool] = True  # the model it trains can sample text token by token
     extra_tokens: ClassVar[int] = 0
 
     @property

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from gpt_jax.objectives.causal import check_windows, shift
+from gpt_jax.objectives.loss import WeightedCrossEntropy
 
 SENTINEL_NAMES = ("PRE", "SUF", "MID", "EOT")
 
@@ -38,11 +39,13 @@ def sentinel_ids(base_vocab: int) -> dict[str, int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class FIM:
+class FIM(WeightedCrossEntropy):
     base_vocab: int
     fim_rate: float = 0.5  # fraction of rows rearranged; the rest stay plain causal
     spm_rate: float = 0.0  # fraction of the FIM rows in SPM order (the rest PSM)
     name: ClassVar[str] = "fim"
+    plain_windows: ClassVar[bool] = False  # batches are the corpus windows as they are
+    left_to_right: ClassVar[bool] = True  # the model it trains can sample text token by token
     extra_tokens: ClassVar[int] = len(SENTINEL_NAMES)
 
     def __post_init__(self):

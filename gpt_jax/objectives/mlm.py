@@ -15,15 +15,18 @@ from typing import ClassVar
 import numpy as np
 
 from gpt_jax.objectives.causal import check_windows
+from gpt_jax.objectives.loss import WeightedCrossEntropy
 
 
 @dataclasses.dataclass(frozen=True)
-class MLM:
+class MLM(WeightedCrossEntropy):
     base_vocab: int
     mask_rate: float = 0.15
     mask_token_rate: float = 0.8  # of the chosen: -> MASK
     random_token_rate: float = 0.1  # of the chosen: -> random token; the rest keep their token
     name: ClassVar[str] = "mlm"
+    plain_windows: ClassVar[bool] = False  # batches are the corpus windows as they are
+    left_to_right: ClassVar[bool] = False  # the model it trains can sample text token by token
     extra_tokens: ClassVar[int] = 1
 
     def __post_init__(self):

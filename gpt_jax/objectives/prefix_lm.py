@@ -16,12 +16,15 @@ from typing import ClassVar
 import numpy as np
 
 from gpt_jax.objectives.causal import check_windows, shift
+from gpt_jax.objectives.loss import WeightedCrossEntropy
 
 
 @dataclasses.dataclass(frozen=True)
-class PrefixLM:
+class PrefixLM(WeightedCrossEntropy):
     base_vocab: int
     name: ClassVar[str] = "prefix_lm"
+    plain_windows: ClassVar[bool] = False  # batches are the corpus windows as they are
+    left_to_right: ClassVar[bool] = True  # the model it trains can sample text token by token
     extra_tokens: ClassVar[int] = 0
 
     @property

@@ -1,45 +1,34 @@
 """Parameter-efficient fine-tuning: `make_method(config.peft, num_steps)` -> a `Method` (see base.py).
 
 full / frozen: gpt_jax.peft.base; lora / adalora: weight-space low-rank deltas (lora.py, adalora.py);
-adapters / prefix: extra backbone modules (adapters.py, prefix.py). Adapter files: gpt_jax.peft.io.
+adapters / prefix: extra modules in the model's extension slots (adapters.py, prefix.py). Each method
+reads its own config section, config.peft.<name>. Adapter files: gpt_jax.peft.io; configs saved
+before the sections existed: gpt_jax.peft.legacy.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 
+from gpt_jax.peft.adalora import AdaLoRA
+from gpt_jax.peft.adapters import Adapters
 from gpt_jax.peft.base import Frozen, Full, Method
+from gpt_jax.peft.lora import LoRA
+from gpt_jax.peft.prefix import PrefixTuning
 
-METHODS = ("full", "frozen", "lora", "adalora", "adapters", "prefix")
+METHODS: dict[str, Any] = {m.name: m for m in (Full, Frozen, LoRA, AdaLoRA, Adapters, PrefixTuning)}
 
 
 def make_method(peft: Mapping[str, Any], num_steps: int) -> Method:
-    """The method named by peft['method'], configured from the other peft.* keys (configs/base.py)."""
-    name = peft.get("method", "full") if hasattr(peft, "get") else peft["method"]
-    if name == "full":
-        return Full()
-    if name == "frozen":
-        return Frozen()
-    if name == "lora":
-        from gpt_jax.peft.lora import LoRA
-
-        return LoRA.from_config(peft, num_steps)
-    if name == "adalora":
-        from gpt_jax.peft.adalora import AdaLoRA
-
-        return AdaLoRA.from_config(peft, num_steps)
-    if name == "adapters":  # lazy: these modules import model-side code of their own
-        from gpt_jax.peft.adapters import Adapters
-
-        return Adapters.from_config(peft, num_steps)
-    if name == "prefix":
-        from gpt_jax.peft.prefix import PrefixTuning
-
-        return PrefixTuning.from_config(peft, num_steps)
-    raise ValueError(f"peft.method={name!r} is not one of {METHODS}; set config.peft.method to one of them")
+    """The method named by peft['method'] (default full), built from its section peft[<method>]."""
+    name = peft.get("method") or "full"
+    if name not in METHODS:
+        raise ValueError(f"peft.method={name!r} is not one of {tuple(METHODS)}; set config.peft.method to one of them")
+    return METHODS[name].from_config(peft.get(name), num_steps)
 
 
 def _count(tree) -> int:

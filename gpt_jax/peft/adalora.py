@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gpt_jax.peft.lora import DEFAULT_TARGETS, KernelView, LowRank, _get
+from gpt_jax.peft.base import options
+from gpt_jax.peft.lora import DEFAULT_TARGETS, KernelView, LowRank
 
 Params = Any
 
@@ -68,24 +70,24 @@ class AdaLoRA(LowRank):
     def __post_init__(self):
         self._validate()
         if not 1 <= int(self.target_rank) <= int(self.rank):
-            raise ValueError(f"peft.target_rank={self.target_rank} must be in [1, peft.rank={self.rank}]")
+            raise ValueError(
+                f"peft.adalora.target_rank={self.target_rank} must be in [1, peft.adalora.rank={self.rank}]"
+            )
         if int(self.mask_interval) < 1:
-            raise ValueError(f"peft.mask_interval={self.mask_interval} must be >= 1")
+            raise ValueError(f"peft.adalora.mask_interval={self.mask_interval} must be >= 1")
         for k in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, k) < 1.0:
-                raise ValueError(f"peft.{k}={getattr(self, k)} must be in [0, 1)")
+                raise ValueError(f"peft.adalora.{k}={getattr(self, k)} must be in [0, 1)")
         if self.num_steps > 0 and not self.t_init < self.t_final:
             raise ValueError(
                 f"AdaLoRA budget schedule is empty: t_init={self.t_init} >= t_final={self.t_final} for "
-                f"{self.num_steps} steps; lower peft.init_warmup ({self.init_warmup}) + peft.final_warmup "
-                f"({self.final_warmup}) below 1 or train longer"
+                f"{self.num_steps} steps; lower peft.adalora.init_warmup ({self.init_warmup}) + "
+                f"peft.adalora.final_warmup ({self.final_warmup}) below 1 or train longer"
             )
 
     @classmethod
-    def from_config(cls, peft: Mapping[str, Any], num_steps: int) -> "AdaLoRA":
-        d = cls()
-        fields = [f.name for f in dataclasses.fields(cls) if f.name != "num_steps"]
-        kw = {k: type(getattr(d, k))(_get(peft, k, getattr(d, k))) for k in fields}  # cast like the defaults
+    def from_config(cls, section: Mapping[str, Any] | None, num_steps: int) -> "AdaLoRA":
+        kw = {k: v for k, v in options(cls, section).items() if k != "num_steps"}
         return cls(**kw, num_steps=int(num_steps))
 
     # ------------------------------------------------------------------ parameters

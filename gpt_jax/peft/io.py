@@ -4,7 +4,8 @@ Tensors are stored under their '/'-joined tree path ('h_0/attn/query/kernel/a');
 (string -> string, as safetensors wants) carries JSON for the method name, the peft config, the
 base model's param shapes (`base_shapes(params)`) and the exact tree keys, so any nested dict tree
 round-trips (LoRA's keys themselves contain '/'). The file is torch/HF-readable safetensors;
-bfloat16 tensors are stored as BF16.
+bfloat16 tensors are stored as BF16. The peft config is the nested section (peft.method, peft.<method>);
+files that hold the older flat one read as nested (gpt_jax.peft.legacy).
 
 Writes are atomic: the bytes go to a temp file in the same folder, are fsynced, and os.replace
 puts them in place, so a crash leaves either the old file or the new one, never half of one.
@@ -15,13 +16,16 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 import safetensors
 import safetensors.numpy
 from flax import traverse_util
+
+from gpt_jax.peft.legacy import migrate_peft
 
 FORMAT = "gpt_jax.peft_adapter/1"
 _DTYPES = {
@@ -47,6 +51,11 @@ def _flatten(tree) -> tuple[dict[str, np.ndarray], list[list[str]]]:
     return tensors, keys
 
 
+def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A (nested) ConfigDict or mapping as plain dicts, for JSON."""
+    return {k: _plain(v) if isinstance(v, Mapping) or hasattr(v, "to_dict") else v for k, v in config.items()}
+
+
 def _write(f, data: bytes) -> None:  # one seam, so a test can simulate a crash mid-write
     f.write(data)
 
@@ -57,7 +66,7 @@ def save_adapter(
     """Write `trainable` (+ metadata) to the .safetensors file `path` atomically; returns its size in bytes."""
     path = os.fspath(path)
     tensors, keys = _flatten(trainable)
-    config = peft_config.to_dict() if hasattr(peft_config, "to_dict") else dict(peft_config)
+    config = _plain(peft_config)
     metadata = {
         "format": FORMAT,
         "method": str(method),
@@ -100,7 +109,7 @@ def read_metadata(path) -> dict[str, Any]:
         )
     return {
         "method": meta["method"],
-        "peft_config": json.loads(meta["peft_config"]),
+        "peft_config": migrate_peft(json.loads(meta["peft_config"])),
         "base_shapes": json.loads(meta["base_shapes"]),
         "tree": json.loads(meta["tree"]),
     }

@@ -5,14 +5,14 @@ GPT forward runs on the result, so every attention path, scan_layers, remat and 
 work as they are, and `merge` (bake the delta in for serving) is the same computation.
 
 Each target kernel is viewed as a (fan_in, fan_out) matrix exactly as Muon sees it
-(`gpt_jax.optim.muon_dims`): q/k/v [D, H, K] -> in D, out H*K; attn out_kernel [H, K, D] -> in H*K,
+(`gpt_jax.models.gpt.matrix_dims`): q/k/v [D, H, K] -> in D, out H*K; attn out_kernel [H, K, D] -> in H*K,
 out D; MLP kernels [in, out]. Under scan_layers a kernel carries a leading layer axis [n_layer, ...]
 and its A/B are batched per layer ([n_layer, in, r], [n_layer, r, out]).
 
 Embeddings (HF PEFT's nn.Embedding LoRA): the token table `wte` [V, D] (and the learned position
 table `wpe` [block, D]) can be targeted too, viewed as (fan_in=V, fan_out=D): W_eff = W + scale * A @ B
 with A [V, r], B [r, D], so row i's delta is scale * A[i] @ B. They are opt-in: an embedding is
-targeted only when `peft.targets` *fullmatches* its path (HF's regex rule), e.g. 'wte|attn/query', so
+targeted only when `targets` *fullmatches* its path (HF's regex rule), e.g. 'wte|attn/query', so
 search-style patterns written for kernels ('.', 'mlp', the default) never pick them up; kernels keep
 `re.search`. The zero factor is the other way round from kernels, as in HF and loralib: the per-token
 rows A = 0 (HF's lora_embedding_A) and the shared projection B random with unit variance (HF's N(0, 1)
@@ -38,7 +38,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +47,8 @@ import optax
 from flax import traverse_util
 
 from gpt_jax.config import ModelConfig
-from gpt_jax.optim import muon_dims
+from gpt_jax.models.gpt import matrix_dims
+from gpt_jax.peft.base import options
 
 Params = Any
 DEFAULT_TARGETS = "attn/(query|key|value|out_kernel)"
@@ -79,7 +81,7 @@ def kernel_views(params: Params, embeddings: bool = False) -> dict[str, KernelVi
 
     embeddings=True adds the top-level `wte`/`wpe` tables that exist, viewed as (fan_in=rows, fan_out=D).
     """
-    dims = traverse_util.flatten_dict(muon_dims(params))
+    dims = traverse_util.flatten_dict(matrix_dims(params))
     flat = traverse_util.flatten_dict(params)
     views = {}
     for key, d in dims.items():
@@ -106,12 +108,13 @@ def is_embedding(path: str) -> bool:
     return path in EMBEDDINGS
 
 
-def find_targets(params: Params, pattern: str) -> dict[str, KernelView]:
-    """The kernels whose '/'-joined path `re.search`es `pattern`; none -> ValueError listing real paths."""
+def find_targets(params: Params, pattern: str, key: str = "peft.lora.targets") -> dict[str, KernelView]:
+    """The kernels whose '/'-joined path `re.search`es `pattern`; none -> ValueError listing real paths
+    (`key`: the config key the pattern came from, for the message)."""
     try:
         regex = re.compile(pattern)
     except re.error as e:
-        raise ValueError(f"peft.targets={pattern!r} is not a valid regex ({e}); fix the pattern") from None
+        raise ValueError(f"{key}={pattern!r} is not a valid regex ({e}); fix the pattern") from None
     views = kernel_views(params, embeddings=True)
     # Kernels: re.search. Embeddings: opt-in, the whole path must match (so '.' or 'mlp' never adds wte).
     hit = lambda path: regex.fullmatch(path) if is_embedding(path) else regex.search(path)
@@ -119,7 +122,7 @@ def find_targets(params: Params, pattern: str) -> dict[str, KernelView]:
     if not found:
         examples = ", ".join(sorted(views)[:6])
         raise ValueError(
-            f"peft.targets={pattern!r} matches no kernel; kernel paths look like: {examples}; set peft.targets to match some"
+            f"{key}={pattern!r} matches no kernel; kernel paths look like: {examples}; set {key} to match some"
         )
     return found
 
@@ -142,11 +145,6 @@ def rank_dropout_mask(rng: jax.Array, shape: tuple[int, ...], rate: float) -> ja
     return keep.astype(jnp.float32) / (1.0 - rate)
 
 
-def _get(peft: Mapping[str, Any], key: str, default):
-    value = peft.get(key, default) if hasattr(peft, "get") else default
-    return default if value is None else value
-
-
 class LowRank:
     """What LoRA and AdaLoRA share: targets, combine/merge/unmerge over per-target deltas.
 
@@ -161,14 +159,15 @@ class LowRank:
     dropout: float
 
     def _validate(self):
+        key = f"peft.{self.name}"
         if int(self.rank) < 1:
-            raise ValueError(f"peft.rank={self.rank} must be >= 1")
+            raise ValueError(f"{key}.rank={self.rank} must be >= 1")
         if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"peft.dropout={self.dropout} must be in [0, 1)")
+            raise ValueError(f"{key}.dropout={self.dropout} must be in [0, 1)")
         try:
             re.compile(self.targets)
         except re.error as e:
-            raise ValueError(f"peft.targets={self.targets!r} is not a valid regex ({e}); fix the pattern") from None
+            raise ValueError(f"{key}.targets={self.targets!r} is not a valid regex ({e}); fix the pattern") from None
 
     @property
     def scale(self) -> float:
@@ -178,7 +177,7 @@ class LowRank:
         return base
 
     def split(self, params: Params, rng: jax.Array) -> tuple[Params, Params]:
-        targets = find_targets(params, self.targets)
+        targets = find_targets(params, self.targets, f"peft.{self.name}.targets")
         # One random draw sliced per target: a threefry per target shape costs a compile each (~1 s on CPU).
         sizes = [self.noise_size(view) for view in targets.values()]
         noise = self.draw(rng, sum(sizes))
@@ -225,28 +224,22 @@ class LoRA(LowRank):
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0  # rank dropout (see module docstring)
-    lr_ratio: float = 1.0  # LoRA+ (Hayou et al. 2024): B's learning rate is lr_ratio x A's (HF loraplus_lr_ratio)
+    plus_ratio: float = 1.0  # LoRA+ (Hayou et al. 2024): B's learning rate is plus_ratio x A's (HF loraplus_lr_ratio)
 
     name: ClassVar[str] = "lora"
 
     def __post_init__(self):
         self._validate()
-        if not float(self.lr_ratio) > 0:
-            raise ValueError(f"peft.lora_plus_ratio={self.lr_ratio} must be > 0 (1 = plain LoRA)")
+        if not float(self.plus_ratio) > 0:
+            raise ValueError(f"peft.lora.plus_ratio={self.plus_ratio} must be > 0 (1 = plain LoRA)")
 
     @classmethod
-    def from_config(cls, peft: Mapping[str, Any], num_steps: int = 0) -> "LoRA":
+    def from_config(cls, section: Mapping[str, Any] | None, num_steps: int = 0) -> "LoRA":
         del num_steps  # LoRA has no schedule
-        return cls(
-            targets=str(_get(peft, "targets", DEFAULT_TARGETS)),
-            rank=int(_get(peft, "rank", 8)),
-            alpha=float(_get(peft, "alpha", 16.0)),
-            dropout=float(_get(peft, "dropout", 0.0)),
-            lr_ratio=float(_get(peft, "lora_plus_ratio", 1.0)),
-        )
+        return cls(**options(cls, section))
 
     def wrap_optimizer(self, tx):
-        return tx if self.lr_ratio == 1.0 else optax.chain(tx, scale_b_updates(float(self.lr_ratio)))
+        return tx if self.plus_ratio == 1.0 else optax.chain(tx, scale_b_updates(float(self.plus_ratio)))
 
     def noise_size(self, view: KernelView) -> int:
         return view.matrices * (view.fan_out if view.embedding else view.fan_in) * self.rank

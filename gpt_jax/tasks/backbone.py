@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import pathlib
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -15,7 +16,15 @@ import optax
 
 from gpt_jax import peft
 from gpt_jax.config import ModelConfig
+from gpt_jax.data.tokenizers import BPETokenizer, load_tokenizer
+from gpt_jax.interop import hf_gpt2
 from gpt_jax.model import init_params
+from gpt_jax.models.registry import build_model_config
+from gpt_jax.optim import tree_bytes
+from gpt_jax.peft import io as adapter_io
+from gpt_jax.peft.base import graft
+from gpt_jax.peft.legacy import migrate_config
+from gpt_jax.workdir import load_run
 
 
 def load_base(init_from: str) -> tuple[ModelConfig, Callable[[], Any], Any]:
@@ -25,17 +34,11 @@ def load_base(init_from: str) -> tuple[ModelConfig, Callable[[], Any], Any]:
     """
     path = pathlib.Path(init_from)
     if (path / "model_config.json").is_file():  # a gpt_jax workdir
-        from gpt_jax.data import load_tokenizer
-        from gpt_jax.workdir import load_run
-
-        cfg = ModelConfig(**json.loads((path / "model_config.json").read_text()))
+        cfg = ModelConfig(**migrate_config(json.loads((path / "model_config.json").read_text())))
         return cfg, lambda: jax.device_get(load_run(path)[2]), load_tokenizer(path)
     if (path / "config.json").is_file():  # a Hugging Face GPT-2 folder
-        from gpt_jax import hf
-        from gpt_jax.data.tokenizers import BPETokenizer
-
-        cfg = hf.model_config_from_hf(hf.read_json(path / "config.json"), str(path / "config.json"))
-        return cfg, lambda: jax.device_get(hf.load_gpt2(path)[1]), BPETokenizer.from_pretrained(path)
+        cfg = hf_gpt2.model_config_from_hf(hf_gpt2.read_json(path / "config.json"), str(path / "config.json"))
+        return cfg, lambda: jax.device_get(hf_gpt2.load_gpt2(path)[1]), BPETokenizer.from_pretrained(path)
     raise FileNotFoundError(
         f"init_from={init_from!r} is neither a gpt_jax workdir (model_config.json) nor a Hugging Face "
         "GPT-2 folder (config.json); pass --init_from=<workdir or HF dir>"
@@ -51,14 +54,11 @@ class Backbone:
             base_cfg, self._load_params, tokenizer = load_base(self.init_from)
             base_cfg = base_cfg.replace(dropout=float(config.model.dropout))
         else:
-            from gpt_jax.data import load_tokenizer
-            from gpt_jax.trainer import build_model_config
-
             tokenizer = load_tokenizer(workdir) if (workdir / "tokenizer.json").exists() else build_tokenizer()
             base_cfg, self._load_params = build_model_config(config, tokenizer.vocab_size), None
-        self.tokenizer, self.base_cfg = tokenizer, base_cfg
+        self.tokenizer, self.base_cfg = tokenizer, base_cfg  # the architecture (what model_config.json holds)
         self.method = peft.make_method(config.peft, config.train.num_steps)
-        self.model_cfg = self.method.model_config(base_cfg)
+        self.model_cfg = self.method.model_config(base_cfg)  # what GPT runs: the base plus the method's modules
 
     def pretrained(self) -> tuple:
         return (self._load_params(),) if self._load_params else ()
@@ -68,8 +68,6 @@ class Backbone:
         init_rng, split_rng = jax.random.split(rng)
         params = nn.meta.unbox(init_params(self.model_cfg, init_rng))
         if base is not None:
-            from gpt_jax.peft.adapters import graft
-
             params = graft(params, base)
         return self.method.split(params, split_rng)
 
@@ -85,8 +83,6 @@ class Backbone:
     def finish(self, state, use, workdir: pathlib.Path, peft_config) -> dict[str, Any]:
         """What every fine-tune reports: method, trainable share, optimizer-state bytes, AdaLoRA's rank
         allocation, and (process 0) the adapter file. `use` is the state the run reports (best or last)."""
-        from gpt_jax.optim import tree_bytes
-
         out = {"method": self.method.name, "opt_state_bytes": tree_bytes(state.opt_state)}
         out.update(peft.trainable_summary(use.params, use.frozen))
         if hasattr(self.method, "rank_allocation"):
@@ -124,7 +120,16 @@ def epoch_rows(num_rows: int, batch: int, seed: int, step: int, k: int, salt: st
     return out
 
 
-def epoch_batches(rows: dict[str, np.ndarray], batch: int, seed: int, step: int, k: int, salt: str, process_index: int, process_count: int) -> dict:
+def epoch_batches(
+    rows: dict[str, np.ndarray],
+    batch: int,
+    seed: int,
+    step: int,
+    k: int,
+    salt: str,
+    process_index: int,
+    process_count: int,
+) -> dict:
     """This process's rows of the global batches of steps [step, step + k): every field [k, B_local, ...]."""
     num_rows = len(next(iter(rows.values())))
     rows_KxB = epoch_rows(num_rows, batch, seed, step, k, salt)
@@ -150,9 +155,9 @@ def save_adapter_file(backbone: Backbone, trainable, workdir: pathlib.Path, peft
     """The trained adapter (+ task head) alone, for PEFT methods; nothing for full fine-tuning."""
     if backbone.method.name == "full":
         return {}
-    from gpt_jax.peft import io
-
     base = jax.eval_shape(lambda: nn.meta.unbox(init_params(backbone.base_cfg, jax.random.key(0))))
     path = workdir / "adapter.safetensors"
-    size = io.save_adapter(path, backbone.method.name, dict(peft_config), jax.device_get(trainable), io.base_shapes(base))
+    size = adapter_io.save_adapter(
+        path, backbone.method.name, peft_config, jax.device_get(trainable), adapter_io.base_shapes(base)
+    )
     return {"adapter_file": str(path), "adapter_bytes": int(size)}

@@ -36,6 +36,11 @@ class Task(Protocol):
 
     def wrap_optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation: ...
 
+    # Optional, for several sub-models (a generator and a discriminator, a student beside a frozen
+    # teacher): `updates(tx, schedule) -> list[gpt_jax.train.Update]`, each naming the sub-model of the
+    # trainable dict it moves, with its own loss and optimizer, applied in order within a step. Without
+    # it the trainer runs one update: `loss()` on the whole trainable tree with `wrap_optimizer(tx)`.
+
     def train_batches(self, step: int, k: int, process_index: int, process_count: int) -> dict[str, np.ndarray]:
         """Host batches of steps [step, step + k): every array [k, B_local, ...], a pure function of the step."""
 

@@ -10,6 +10,9 @@ import ml_collections
 import numpy as np
 import optax
 
+import gpt_jax.data.labelled as labelled
+from gpt_jax.analysis.classification_report import classification_report, format_report
+from gpt_jax.data.tokenizers import build_tokenizer
 from gpt_jax.model import GPT
 from gpt_jax.tasks.backbone import Backbone, epoch_batches, padded_rows
 
@@ -25,12 +28,13 @@ def pool(x_BxLxD, lengths_B, how: str):
 
 
 class ClassifyTask:
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, workdir) -> "ClassifyTask":
+        return cls(config, workdir)
+
     name = "classify"
 
     def __init__(self, config: ml_collections.ConfigDict, workdir):
-        from gpt_jax.data import labelled
-        from gpt_jax.data.tokenizers import build_tokenizer
-
         task, d = config.task, config.data
         if task.pooling not in POOLINGS:
             raise ValueError(f"task.pooling={task.pooling!r} is not one of {POOLINGS}")
@@ -41,7 +45,9 @@ class ClassifyTask:
         self.backbone = Backbone(
             config,
             workdir,
-            lambda: build_tokenizer(d.tokenizer, "\n".join(splits["train"][0]), vocab_size=d.get("vocab_size"), path=d.get("tokenizer_path")),
+            lambda: build_tokenizer(
+                d.tokenizer, "\n".join(splits["train"][0]), vocab_size=d.get("vocab_size"), path=d.get("tokenizer_path")
+            ),
         )
         self.tokenizer, self.model_cfg = self.backbone.tokenizer, self.backbone.model_cfg
         self.max_len = min(task.max_len or self.model_cfg.block_size, self.model_cfg.block_size)
@@ -107,11 +113,20 @@ class ClassifyTask:
     # -- data
     def train_batches(self, step, k, process_index, process_count):
         return epoch_batches(
-            self.data["train"], self.config.train.batch_size, self.config.seed, step, k, "classify", process_index, process_count
+            self.data["train"],
+            self.config.train.batch_size,
+            self.config.seed,
+            step,
+            k,
+            "classify",
+            process_index,
+            process_count,
         )
 
     def eval_batches(self, process_index, process_count, split="validation"):
-        return padded_rows(self.data[split], self.config.train.batch_size, process_index, process_count, {"labels": -1, "lengths": 1})
+        return padded_rows(
+            self.data[split], self.config.train.batch_size, process_index, process_count, {"labels": -1, "lengths": 1}
+        )
 
     # -- end of run
     def predict(self, trainer, params, frozen, split: str) -> np.ndarray:
@@ -122,8 +137,6 @@ class ClassifyTask:
         return preds[: len(self.data[split]["labels"])]
 
     def finish(self, trainer, state, workdir, best_state=None):
-        from gpt_jax.classification_report import classification_report, format_report
-
         use = best_state or state
         out = {"report_from_step": int(jax.device_get(use.step))}
         reports = {}
@@ -142,4 +155,3 @@ class ClassifyTask:
             (workdir / "report.txt").write_text(text + "\n")
             print(text)
         return out
-

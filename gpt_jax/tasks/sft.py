@@ -5,18 +5,21 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from gpt_jax.chat import ChatTemplate
+import gpt_jax.data.sft as sft
+from gpt_jax.chat_template import ChatTemplate
+from gpt_jax.data.tokenizers import build_tokenizer
+from gpt_jax.objectives.loss import causal_lm_loss, lm_loss
 from gpt_jax.tasks.backbone import Backbone, epoch_batches, padded_rows
-from gpt_jax.train import causal_lm_loss, lm_loss
 
 
 class SFTTask:
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, workdir) -> "SFTTask":
+        return cls(config, workdir)
+
     name = "sft"
 
     def __init__(self, config: ml_collections.ConfigDict, workdir):
-        from gpt_jax.data import sft
-        from gpt_jax.data.tokenizers import build_tokenizer
-
         task, d = config.task, config.data
         if not task.dataset:
             raise ValueError("task.dataset is not set; e.g. --config.task.dataset=alpaca_seed_tasks or a JSONL path")
@@ -26,7 +29,12 @@ class SFTTask:
         self.backbone = Backbone(
             config,
             workdir,
-            lambda: build_tokenizer(d.tokenizer, _all_text(self.template, convs["train"]), vocab_size=d.get("vocab_size"), path=d.get("tokenizer_path")),
+            lambda: build_tokenizer(
+                d.tokenizer,
+                _all_text(self.template, convs["train"]),
+                vocab_size=d.get("vocab_size"),
+                path=d.get("tokenizer_path"),
+            ),
         )
         self.tokenizer, self.model_cfg = self.backbone.tokenizer, self.backbone.model_cfg
         length = min(task.max_len or self.model_cfg.block_size, self.model_cfg.block_size)
@@ -70,7 +78,14 @@ class SFTTask:
 
     def train_batches(self, step, k, process_index, process_count):
         return epoch_batches(
-            self.data["train"], self.config.train.batch_size, self.config.seed, step, k, "sft", process_index, process_count
+            self.data["train"],
+            self.config.train.batch_size,
+            self.config.seed,
+            step,
+            k,
+            "sft",
+            process_index,
+            process_count,
         )
 
     def eval_batches(self, process_index, process_count):

@@ -6,9 +6,10 @@
 The dict holds plain Python numbers and lists, so it can be written to JSON as is. A ratio with a
 zero denominator (a class never predicted, or absent) is 0.0, as sklearn's zero_division=0.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,12 +26,16 @@ def classification_report(y_true, y_pred, label_names: Sequence[str]) -> dict:
     pred_N = np.asarray(y_pred).reshape(-1)
     k = len(label_names)
     if true_N.shape != pred_N.shape:
-        raise ValueError(f"y_true has {true_N.size} labels but y_pred has {pred_N.size}; pass one prediction per example.")
+        raise ValueError(
+            f"y_true has {true_N.size} labels but y_pred has {pred_N.size}; pass one prediction per example."
+        )
     if k < 1:
         raise ValueError("label_names is empty; pass one name per class id.")
     for name, arr in (("y_true", true_N), ("y_pred", pred_N)):
         if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() >= k):
-            raise ValueError(f"{name} must hold integer class ids in [0, {k}) for {list(label_names)}; got {np.unique(arr)[:10]}.")
+            raise ValueError(
+                f"{name} must hold integer class ids in [0, {k}) for {list(label_names)}; got {np.unique(arr)[:10]}."
+            )
     confusion_KxK = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion_KxK, (true_N.astype(np.int64), pred_N.astype(np.int64)), 1)
 

@@ -1,0 +1,25 @@
+"""Tasks by `config.task.name`: one line per task; each builds itself with `from_config(config, workdir)`."""
+
+from __future__ import annotations
+
+import pathlib
+
+import ml_collections
+
+from gpt_jax.tasks.base import Task
+from gpt_jax.tasks.classify import ClassifyTask
+from gpt_jax.tasks.lm import LMTask
+from gpt_jax.tasks.sft import SFTTask
+
+TASKS: dict[str, type] = {
+    "lm": LMTask,
+    "classify": ClassifyTask,
+    "sft": SFTTask,
+}
+
+
+def make_task(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Task:
+    name = (config.get("task") or {}).get("name", "lm")
+    if name not in TASKS:
+        raise ValueError(f"config.task.name={name!r} is not one of {sorted(TASKS)}")
+    return TASKS[name].from_config(config, pathlib.Path(workdir))
