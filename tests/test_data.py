@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -73,9 +72,7 @@ def test_second_load_reuses_prepared_cache(shakespeare, tfds_dir, monkeypatch):
         raise AssertionError("prepared again although the cache is valid")
 
     monkeypatch.setattr(text_builder.GptJaxText, "_generate_examples", no_generation)
-    start = time.perf_counter()
-    again = load_text_splits("tiny_shakespeare", data_dir=tfds_dir)
-    assert time.perf_counter() - start < 2.0
+    again = load_text_splits("tiny_shakespeare", data_dir=tfds_dir)  # would raise if it prepared again
     assert again == shakespeare
     assert (tfds_dir / "gpt_jax_text" / "tiny_shakespeare" / "1.0.0" / "dataset_info.json").is_file()
 
