@@ -168,10 +168,13 @@ HISTORY_FILE = "run_history.jsonl"
 
 
 def check_writable(workdir: pathlib.Path) -> None:
-    """Fail before training, not at the first checkpoint, when the workdir cannot be written."""
+    """Fail before training, not at the first checkpoint, when the workdir cannot be written. A workdir
+    that does not exist yet is not created here: its nearest existing parent is probed instead."""
+    existing = workdir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / f".write_probe.{os.getpid()}"
+        probe = existing / f".write_probe.{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:

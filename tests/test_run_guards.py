@@ -328,3 +328,11 @@ def test_read_only_workdir_is_refused_before_training(tiny_run, small_fs, tfds_c
         f"error: workdir {small_fs / 'w'} is not writable (Read-only file system); "
         "choose another --workdir or fix its permissions"
     )
+
+
+def test_a_run_that_fails_its_checks_leaves_no_new_workdir(tiny_config, tmp_path):
+    config = tiny_config()
+    config.data.manual_dir = str(tmp_path / "no_data_here")
+    with pytest.raises(FileNotFoundError):
+        train_and_evaluate(config, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
