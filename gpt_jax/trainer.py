@@ -174,6 +174,7 @@ class Trainer:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Train (or resume) in `workdir` holding its lock (gpt_jax.workdir_lock), taken before anything is read
     or written there: a second trainer on the same workdir is refused with WorkdirLockedError."""
+    config_checks.validate(config)  # value ranges first: nothing is read or written for a bad config
     shd.maybe_initialize_distributed()  # process_index needs the cluster; only process 0 takes the lock
     if jax.process_index() == 0:
         run_config.check_writable(pathlib.Path(workdir))  # the lock file is the first write
@@ -188,7 +189,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
     is written. A non-finite loss raises NonFiniteError after saving nothing (train.on_nonfinite).
     """
     t0 = time.perf_counter()
-    config_checks.validate(config)
     tr = Trainer(config, workdir)
     t = config.train
     ckpt = Checkpointer(
@@ -217,10 +217,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
         if status == "preempted" and interrupted.is_set():
             status = "interrupted"
     except NonFiniteError as e:
-        if jax.process_index() == 0:  # the workdir's summary must not still say the last run "completed"
-            (tr.workdir / "summary.json").write_text(
-                json.dumps({"status": "stopped_nonfinite", "error": str(e)}, indent=2)
-            )
+        _write_summary(tr.workdir, {"status": "stopped_nonfinite", "error": str(e)})  # not the last run's "completed"
         raise
     finally:
         ckpt.wait()
@@ -252,11 +249,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
         best = stopper.best_state(tr.abstract, tr.shardings)
         summary.update(tr.task.finish(tr, state, tr.workdir, best_state=best))
     stopper.close()
-    if jax.process_index() == 0:
-        (tr.workdir / "summary.json").write_text(
-            json.dumps({k: v for k, v in summary.items() if k != "sample"}, indent=2)
-        )
+    _write_summary(tr.workdir, {k: v for k, v in summary.items() if k != "sample"})
     return summary
+
+
+def _write_summary(workdir: pathlib.Path, summary: dict) -> None:
+    if jax.process_index() == 0:
+        run_config.write_atomic(workdir / "summary.json", json.dumps(summary, indent=2))
 
 
 def check_free_space(directory: pathlib.Path, state_bytes: int, step: int) -> None:
@@ -286,14 +285,8 @@ class _Loop:
     """
 
     def __init__(self, tr: Trainer, config, ckpt: Checkpointer, writer: MetricWriter, stopper, guard, meta):
-        self.tr, self.config, self.ckpt, self.writer, self.stopper, self.guard = (
-            tr,
-            config,
-            ckpt,
-            writer,
-            stopper,
-            guard,
-        )
+        self.tr, self.config, self.ckpt = tr, config, ckpt
+        self.writer, self.stopper, self.guard = writer, stopper, guard
         t, cfg = config.train, tr.model_cfg
         self.tokens_per_step = t.batch_size * tr.task.seq_len  # a classifier's rows are max_len, not block_size
         self.peak = (t.peak_flops or flops.device_peak_flops(getattr(cfg, "dtype", "float32"))) * jax.device_count()

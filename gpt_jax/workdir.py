@@ -73,6 +73,11 @@ def load_state(workdir, model_cfg, family, *, step: int | None = None, mesh=None
 def load_run(workdir, *, step: int | None = None, mesh=None) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:
     """(config, model_config, params, tokenizer) of the run in `workdir`, params from checkpoint `step`
     (default: the newest good one) placed on `mesh` (default: one device) per gpt_jax.sharding's rules."""
+    return load_run_at(workdir, step=step, mesh=mesh)[:4]
+
+
+def load_run_at(workdir, *, step: int | None = None, mesh=None) -> tuple[ml_collections.ConfigDict, Any, Any, Any, int]:
+    """load_run, and the step of the checkpoint it restored (the newest good one unless `step`)."""
     workdir = pathlib.Path(workdir)
     config, model_cfg = read_run(workdir)
     finetuned = (config.get("task") or {}).get("name", "lm") != "lm"
@@ -86,4 +91,4 @@ def load_run(workdir, *, step: int | None = None, mesh=None) -> tuple[ml_collect
     if finetuned:
         # a fine-tune: the PEFT method's trainable tree under "backbone", its frozen base apart
         params = method.combine(params["backbone"], state.get("frozen") or {})
-    return config, model_cfg, params, tokenizer
+    return config, model_cfg, params, tokenizer, int(state["step"])

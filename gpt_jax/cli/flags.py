@@ -124,7 +124,7 @@ def run(
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("error: interrupted before training started; nothing was saved", file=sys.stderr)
+        print("error: interrupted (a training run saves its checkpoint first and exits 130 itself)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as e:  # disk full, read-only or vanished files while running
         where = e.filename or workdir_hint() or "the workdir"

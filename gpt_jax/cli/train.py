@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gpt_jax import config_checks, run_config
+from gpt_jax import run_config
 from gpt_jax.cli import flags
 from gpt_jax.trainer import train_and_evaluate
 
@@ -32,7 +32,6 @@ def train(argv: Sequence[str], spec=SPEC, usage: str = USAGE, prepare=lambda con
     setup_logging()
     config, values = flags.parse(argv, spec, usage=usage, config=True)
     prepare(config, values)
-    config_checks.validate(config)
     run_config.apply_cpu_devices(config)
     run_config.apply_compile_cache(config)
     summary = train_and_evaluate(config, values["workdir"])

@@ -46,7 +46,7 @@ from gpt_jax.models.registry import build_model_config
 from gpt_jax.optim import make_optimizer
 from gpt_jax.tasks.lm_state import state_shardings
 from gpt_jax.train import TrainState
-from gpt_jax.workdir import load_run, read_run_file
+from gpt_jax.workdir import load_run_at, read_run_file
 
 __all__ = [
     "HF_DEFAULTS",
@@ -141,10 +141,8 @@ def export_workdir(workdir: str | pathlib.Path, hf_dir: str | pathlib.Path) -> d
     """A gpt_jax workdir's latest checkpoint -> an HF GPT-2 folder."""
     workdir = pathlib.Path(workdir)
     check_exportable(ModelConfig(**read_run_file(workdir, "model_config.json")))  # before the (slow) restore
-    ckpt = Checkpointer(checkpoint_dir(workdir), save_every=0, read_only=True)
-    step = ckpt.latest_good_step()  # skips (and names) a corrupt one; None: load_run says there is none
-    ckpt.close()
-    _, cfg, params, tokenizer = load_run(workdir, step=step, mesh=_host_mesh())
+    # the newest good checkpoint: a corrupt newer one is named and skipped
+    _, cfg, params, tokenizer, step = load_run_at(workdir, mesh=_host_mesh())
     written = save_gpt2(cfg, params, hf_dir, tokenizer)
     result = {"hf_dir": str(hf_dir), "step": step, "files": written}
     if not hasattr(tokenizer, "save_pretrained"):
