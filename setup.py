@@ -20,6 +20,9 @@ INSTALL_REQUIRES = [
     "safetensors>=0.8.0",  # HF weights, read and written through numpy (no torch)
     "ml_dtypes>=0.5",  # bfloat16 in numpy, for bf16 safetensors files (a jax dependency too)
     "matplotlib>=3.8",  # loss-curve PNGs (gpt_jax.analysis.plot, experiments.sweep), Agg backend
+    "pillow>=10.0",  # image files in and out (gpt_jax.data.image_io, GAN sample grids)
+    "fastapi>=0.115",  # gpt_jax.serve: the OpenAI-compatible server
+    "uvicorn>=0.30",
 ]
 
 # The HF oracle for tests, and torch for reading pytorch_model.bin. torch is pinned to the CPU
@@ -28,17 +31,24 @@ HF = ["transformers>=5.23.0", "torch==2.13.0"]
 SENTENCEPIECE = ["sentencepiece>=0.2.3"]
 # tests/test_notebooks.py executes colab/*.ipynb in a python3 kernel.
 NOTEBOOKS = ["nbclient>=0.11.0", "nbformat>=5.11.1", "ipykernel>=7.4.0"]
+# lm-evaluation-harness (in-process and over the server); [api] brings its HTTP client model.
+EVAL = ["lm-eval[api]>=0.4.13"]
+# The serving tests: the real OpenAI client against the server, and the chat page in headless chromium
+# (the browser itself comes from apt: see .ci/run).
+SERVE_TESTS = ["openai>=1.40", "httpx>=0.27", "playwright>=1.45"]
 
 setup(
     name="gpt_jax",
     version="0.1.0",
     description="GPT-style language models in JAX/Flax: pretrain, fine-tune, sample, study.",
     packages=find_packages(include=["gpt_jax", "gpt_jax.*"]),
+    package_data={"gpt_jax.serving": ["static/*.html"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # ruff pinned: its formatter's output changes between releases, and CI checks the format
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6"] + NOTEBOOKS + HF + SENTENCEPIECE,
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6"] + NOTEBOOKS + HF + SENTENCEPIECE + EVAL + SERVE_TESTS,
+        "eval": EVAL,
         "hf": HF,
         "sentencepiece": SENTENCEPIECE,
         # TFDS's built-in datasets (tiny_shakespeare, c4, ...) need TensorFlow to prepare/read.

@@ -1,5 +1,10 @@
 """A multi-turn chat session over a trained model: history fitted to the context, streamed replies,
-/commands, and the line loop the chat CLI (gpt_jax.cli.chat) and scripts drive."""
+/commands, and the line loop the chat CLI (gpt_jax.cli.chat) and scripts drive.
+
+A multimodal run (`vlm` set: gpt_jax.vlm_run.VLMRun) answers questions about pictures: `/image PATH` reads
+a picture (checked and preprocessed at once) and attaches it to the next message, several in order; each
+message is one question in the run's own prompt layout (the VQA models are trained on single questions, so
+no history and no chat template), answered greedily unless /params says otherwise."""
 
 from __future__ import annotations
 
@@ -75,6 +80,35 @@ class ChatSession:
         default_factory=lambda: {"temperature": 0.8, "top_k": 50, "max_new_tokens": 200, "seed": 0}
     )
     turns: list = dataclasses.field(default_factory=list)
+    vlm: Any = None  # a gpt_jax.vlm_run.VLMRun: questions about pictures attached with /image
+    images: list = dataclasses.field(default_factory=list)  # (path, float32 [H, W, C]) for the next message
+
+    def reply_about_images(self, user: str) -> Iterable[str]:
+        """The answer to one question about the attached pictures (which it uses up)."""
+        if not self.images:
+            raise ValueError("this run answers questions about pictures: attach one first with /image PATH")
+        images, self.images = self.images, []
+        opts = dict(self.options)
+        try:
+            rows = self.vlm.generate([user], [np.stack([a for _, a in images])], self.vlm.options(**opts))
+        except ValueError:
+            self.images = images  # a bad question (unknown word, placeholders) keeps the pictures attached
+            raise
+        self.options["seed"] = int(self.options.get("seed", 0)) + 1
+        yield self.vlm.text(rows[0])
+
+    def attach_image(self, path: str) -> str:
+        if self.vlm is None:
+            raise ValueError("/image needs a multimodal run (model.family='vlm'); this one reads text only")
+        path = path.strip()
+        if not path:
+            raise ValueError("/image takes a file: /image digit.png")
+        try:
+            (array,) = self.vlm.load_images([path])
+        except FileNotFoundError as e:  # a line's error, not the session's end
+            raise ValueError(str(e)) from None
+        self.images.append((path, array))
+        return f"(image {len(self.images)} attached to the next message: {path})"
 
     def budget(self) -> int | None:
         if self.model_cfg.pos == "rope":
@@ -82,6 +116,9 @@ class ChatSession:
         return self.model_cfg.block_size - int(self.options["max_new_tokens"])
 
     def reply(self, user: str) -> Iterable[str]:
+        if self.vlm is not None:
+            yield from self.reply_about_images(user)
+            return
         opts = dict(self.options)
         n = int(opts.pop("max_new_tokens"))
         budget = self.budget()
@@ -123,7 +160,10 @@ class ChatSession:
             return None
         if name == "reset":
             self.turns.clear()
+            self.images.clear()
             return "(history cleared)"
+        if name == "image":
+            return self.attach_image(arg)
         if name == "system":
             self.system, self.turns = arg.strip(), []
             return "(system prompt set; history cleared)"
@@ -131,7 +171,12 @@ class ChatSession:
             try:
                 options = with_params(self.options, arg.split())
                 old, self.options = self.options, options
-                if self.model_cfg is not None and (budget := self.budget()) is not None and budget < 1:
+                if (
+                    self.vlm is None
+                    and self.model_cfg is not None
+                    and (budget := self.budget()) is not None
+                    and budget < 1
+                ):
                     self.options = old
                     raise ValueError(
                         f"max_new_tokens={options['max_new_tokens']} leaves no room for a prompt in "
@@ -140,7 +185,9 @@ class ChatSession:
             except ValueError as e:
                 raise ValueError(f"{e}; settings unchanged") from None
             return "(" + " ".join(f"{k}={v}" for k, v in sorted(self.options.items())) + ")"
-        raise ValueError(f"unknown command /{name}; commands: /reset, /system <text>, /params k=v ..., /quit")
+        raise ValueError(
+            f"unknown command /{name}; commands: /reset, /system <text>, /params k=v ..., /image PATH, /quit"
+        )
 
 
 def run(

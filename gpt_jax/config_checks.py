@@ -98,6 +98,7 @@ RESUMABLE_KEYS = {
     "train.allow_changes",
     "train.on_nonfinite",
     "train.max_nonfinite_skips",
+    "gan.grid_every",  # how often a GAN writes its sample grid: reporting only
     "data.manual_dir",
     "data.tfds_dir",
     "task.patience",

@@ -125,7 +125,9 @@ class GPT(nn.Module):
     tokens] (see CausalSelfAttention); returns (logits, updated cache). Without positions/mask the
     rows are taken as unpadded and continuing at slot cache.index. `last_only` computes the logits of
     the last position only (a prefill needs no others). `features` returns the final hidden states
-    x_BxLxD (after ln_f, float32) instead of logits, for task heads.
+    x_BxLxD (after ln_f, float32) instead of logits, for task heads. `embeds_BxLxD` replaces the token
+    embedding lookup of `ids_BxL` (positions are still added); `token_embeds` returns the lookup alone
+    (gpt_jax.models.vlm mixes image tokens into it).
 
     Attention maps: `apply(..., mutable=['intermediates'])` (no cache) also returns, per layer,
     intermediates/h_{i}/attn/attention_weights = (p_BxHxLxS,) (float32; with kv_prefix extensions the
@@ -147,6 +149,8 @@ class GPT(nn.Module):
         cache=None,
         last_only=False,
         features: bool = False,
+        embeds_BxLxD=None,
+        token_embeds: bool = False,
     ):
         cfg, ext = self.cfg, extensions_of(self.cfg)
         b, l = ids_BxL.shape
@@ -167,7 +171,10 @@ class GPT(nn.Module):
             (cfg.vocab_size, cfg.n_embd),
             cfg.params_dtype,
         )
-        x_BxLxD = jnp.take(wte, ids_BxL, axis=0).astype(jnp.float32)
+        if token_embeds:  # the token embeddings alone: a multimodal model puts image tokens among them
+            return jnp.take(wte, ids_BxL, axis=0).astype(jnp.float32)
+        x_BxLxD = jnp.take(wte, ids_BxL, axis=0) if embeds_BxLxD is None else embeds_BxLxD
+        x_BxLxD = x_BxLxD.astype(jnp.float32)
         if cfg.pos == "learned":
             wpe = self.param(
                 "wpe",

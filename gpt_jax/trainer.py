@@ -72,7 +72,8 @@ class Trainer:
         self.config, self.workdir = config, pathlib.Path(workdir)
         shd.maybe_initialize_distributed()
         self.task = make_task(config, self.workdir)
-        self.tokenizer, self.model_cfg = self.task.tokenizer, self.task.model_cfg
+        # An image-only task (a GAN) has no tokenizer: None, and nothing is saved for it.
+        self.tokenizer, self.model_cfg = getattr(self.task, "tokenizer", None), self.task.model_cfg
         self.family = models.family_of(config.model)
         # Checks only: nothing is written until the state is restored or initialised (save_run_files),
         # so a refused resume leaves the workdir as it was.
@@ -135,7 +136,8 @@ class Trainer:
         """config.json, model_config.json, the tokenizer and a run_history.jsonl line (process 0 only)."""
         if self.write:
             run_config.save_run(self.workdir, self.config, self.model_fields, step=step, changes=self.changes)
-            self.tokenizer.save(self.workdir)
+            if self.tokenizer is not None:
+                self.tokenizer.save(self.workdir)
 
     def init_state(self) -> TrainState:
         """A fresh state: random init, with a task's pretrained weights grafted in (placed per shardings)."""
@@ -338,6 +340,9 @@ class _Loop:
                     guard.check_value("val_loss", record["val_loss"], step)
                     record["val_ppl"] = float(np.exp(record["val_loss"]))
                     stop_early = self.stopper.update(step, record, state)
+                    on_eval = getattr(tr.task, "on_eval", None)  # optional: host work at evals (a GAN's grids)
+                    if on_eval:
+                        on_eval(tr, state, step)
                     mark_time = time.perf_counter()  # eval time is not training time
                 if record:
                     self.writer.write(step, record)

@@ -19,8 +19,10 @@ from gpt_jax import peft
 from gpt_jax import sharding as shd
 from gpt_jax.checkpoint import Checkpointer, checkpoint_dir
 from gpt_jax.checkpoint_tree import saved_abstract
+from gpt_jax.compression.stored import restore_params
 from gpt_jax.data.tokenizers import load_tokenizer
 from gpt_jax.models import registry as models
+from gpt_jax.models import vlm
 from gpt_jax.peft.legacy import migrate_config
 from gpt_jax.train import opt_state_shardings, param_shardings
 
@@ -88,7 +90,10 @@ def load_run_at(workdir, *, step: int | None = None, mesh=None) -> tuple[ml_coll
     family = models.family_of(config.model)
     state = load_state(workdir, model_cfg, family, step=step, mesh=mesh)
     params = state["params"]
-    if finetuned:
+    if finetuned and "backbone" in params:
         # a fine-tune: the PEFT method's trainable tree under "backbone", its frozen base apart
         params = method.combine(params["backbone"], state.get("frozen") or {})
+    elif finetuned and family.name == "vlm":  # a vqa run: vit / projector / lm split by vqa.freeze and PEFT
+        params = vlm.combine_params(method, params, state.get("frozen") or {})
+    params = restore_params(workdir, params)  # a compressed run's int8/int4 weights: their in-memory form
     return config, model_cfg, params, tokenizer, int(state["step"])

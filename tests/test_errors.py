@@ -224,7 +224,7 @@ def test_pipe_mode_errors_go_to_err_naming_the_line():
             "error: byte 0xe9 at offset 32 of the input (byte 4 of its line) is not UTF-8; "
             "the input must be UTF-8 text: re-encode it with iconv -f <its encoding> -t utf-8 (input line 3)"
         ),
-        "error: unknown command /nope; commands: /reset, /system <text>, /params k=v ..., /quit (input line 5)",
+        "error: unknown command /nope; commands: /reset, /system <text>, /params k=v ..., /image PATH, /quit (input line 5)",
     ]
 
 

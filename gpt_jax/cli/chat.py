@@ -3,7 +3,13 @@
   python -m gpt_jax.chat --workdir=W [--template=plain|chatml] [--system="..."] [--max_new_tokens=200]
                          [--temperature=0.8 --top_k=50 --top_p=0.95 --seed=0]
 
-Commands: /reset, /system <text>, /params temperature=0.7 top_p=0.9 ..., /quit. When stdin is not a
+Commands: /reset, /system <text>, /params temperature=0.7 top_p=0.9 ..., /image PATH, /quit.
+Multimodal runs (model.family='vlm'): `/image digit.png` attaches a picture to the next message (repeat it
+for several, in order; a question without `<image>` placeholders gets one per picture put before it), e.g.
+  /image a.png
+  /image b.png
+  which is larger, the first or the second?
+Each message is answered on its own, greedily by default (see gpt_jax.chat_session). When stdin is not a
 terminal it reads one user turn per line and prints each reply on its own line(s), so scripts and
 tests can drive it; input must be UTF-8, and a line that fails (a bad command or value, bytes that are
 not UTF-8) is reported on stderr with its line number and makes the exit status 1.
@@ -15,9 +21,11 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from gpt_jax import vlm_run
 from gpt_jax.chat_session import PARAMS, ChatSession, run, with_params
 from gpt_jax.chat_template import ChatTemplate
 from gpt_jax.cli import flags
+from gpt_jax.safety import Safety, guard_session
 from gpt_jax.workdir import load_run
 
 USAGE = "usage: python -m gpt_jax.chat --workdir=W [--template=plain|chatml] [--system=...] [--temperature=0.8 ...]"
@@ -26,6 +34,10 @@ SPEC = [
     flags.Flag("template", str, "plain", "chat template: plain | chatml"),
     flags.Flag("system", str, "", "system prompt"),
     *[flags.Flag(name, str, None, f"sampling: {name}") for name in PARAMS],  # validated by with_params
+    flags.Flag(
+        "banned_words_file", str, None, "words/phrases and re:<regex> lines kept out of replies (gpt_jax.safety)"
+    ),
+    flags.Flag("redact_pii", bool, False, "redact e-mails, phone numbers and long ID-like numbers in replies"),
 ]
 
 
@@ -37,12 +49,20 @@ def _lines(stdin: TextIO, interactive: bool):
 
 def chat(argv: Sequence[str]) -> int:
     _, values = flags.parse(argv, SPEC, usage=USAGE)
-    _, model_cfg, params, tokenizer = load_run(values["workdir"])
-    session = ChatSession(model_cfg, params, tokenizer, ChatTemplate.named(values["template"]), system=values["system"])
+    safety = Safety.from_flags(values["banned_words_file"], redact_pii=values["redact_pii"])  # before loading
+    template = ChatTemplate.named(values["template"])
+    if vlm_run.is_multimodal(values["workdir"]):
+        run_ = vlm_run.load_vlm_run(values["workdir"])
+        session = ChatSession(run_.model_cfg, run_.params, run_.tokenizer, template, vlm=run_)
+        session.options = {"temperature": 0.0, "max_new_tokens": 8, "seed": 0}  # answers: greedy, short
+    else:
+        _, model_cfg, params, tokenizer = load_run(values["workdir"])
+        session = ChatSession(model_cfg, params, tokenizer, template, system=values["system"])
     session.options = with_params(session.options, [f"{k}={values[k]}" for k in PARAMS if values[k] is not None])
+    guard_session(session, safety)
     interactive = sys.stdin.isatty()
     if interactive:
-        print("chat: /reset, /system <text>, /params k=v ..., /quit", flush=True)
+        print("chat: /reset, /system <text>, /params k=v ..., /image PATH, /quit", flush=True)
     # Bytes, decoded line by line: a non-UTF-8 line is reported with its offset, not mangled.
     stdin = getattr(sys.stdin, "buffer", sys.stdin)
     failed = run(session, _lines(stdin, interactive), sys.stdout, interactive, err=sys.stderr)

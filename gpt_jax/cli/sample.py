@@ -10,6 +10,20 @@ A tokenizer with an `eos_id` stops there. With --num_samples > 1 the samples are
 batch and printed one after another, separated by a line of dashes. Sentinel ids of the run's
 objective (fim, mlm: ids past the tokenizer's vocabulary) are never sampled.
 
+Multimodal runs (model.family='vlm', e.g. configs/multimodal/digits_vqa.py): a question about images,
+
+  python -m gpt_jax.sample --workdir=W --image=digit.png --prompt="What digit is this?"
+  python -m gpt_jax.sample --workdir=W --image=a.png --image=b.png --prompt="which is larger, the first or the second?"
+
+--image is repeatable, one file per `<image>` placeholder of --prompt, in order; a prompt without any
+placeholder gets one per image put before it (the training rows' layout). Files (PNG/JPEG, any size, grey or
+colour) go through the run's own preprocessing (gpt_jax.data.image_io). Prints the answer, one line per
+sample; greedy unless --temperature is given; stops at the tokenizer's <eos>. A text run given --image, or
+a multimodal run given none, is a one-line error. Nothing is written to the workdir.
+
+Image GAN runs (task.name='gan', e.g. configs/gan/mnist_dcgan.py): `--workdir=W [--num_samples=100
+--seed=0]` writes a grid PNG of the EMA generator's images to W/sample_seed<seed>.png (digit c in column c).
+
 Infilling (runs whose objective has the infilling sentinels, i.e. objective='fim'):
 
   python -m gpt_jax.sample --workdir=W --infill_prefix="But soft, what " --infill_suffix=" is the sun."
@@ -26,15 +40,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gpt_jax import objectives
+import numpy as np
+
+from gpt_jax import objectives, vlm_run
 from gpt_jax import workdir as workdir_lib
+from gpt_jax.analysis import gan_run
 from gpt_jax.cli import flags
+from gpt_jax.data import image_io
 from gpt_jax.generation.engine import generate
 from gpt_jax.generation.options import GenerateOptions, undecodable_ids
 from gpt_jax.generation.stream import stream
 from gpt_jax.objectives.fim import infill_prompt, take_middle
+from gpt_jax.safety import Safety
 
 SEPARATOR = "-" * 40
+ANSWER_TOKENS = 8  # a multimodal run's default --max_new_tokens: its answers are a few words and <eos>
 MIDDLE = "middle: "  # the line that holds the infilled middle alone
 INFILL_SENTINELS = frozenset({"PRE", "SUF", "MID", "EOT"})  # what infill_prompt and take_middle use
 
@@ -43,7 +63,7 @@ USAGE = 'usage: python -m gpt_jax.sample --workdir=W [--prompt="ROMEO:"] [--max_
 SPEC = [
     flags.Flag("workdir", help="a run directory written by gpt_jax.main or gpt_jax.finetune", required=True),
     flags.Flag("prompt", str, "\n", "text to continue"),
-    flags.Flag("max_new_tokens", int, 200, "tokens to generate"),
+    flags.Flag("max_new_tokens", int, None, "tokens to generate (default 200; a multimodal run's answers: 8)"),
     flags.Flag("temperature", float, None, "0 = greedy (default: the run's config.sample)"),
     flags.Flag("top_k", int, None, "keep the k most likely tokens (default: the run's config.sample)"),
     flags.Flag("top_p", float, None, "nucleus sampling"),
@@ -56,6 +76,13 @@ SPEC = [
     flags.Flag("chunk", int, 8, "decode steps per compiled call while streaming"),
     flags.Flag("infill_prefix", str, None, "fim runs: text before the gap (then --prompt is unused)"),
     flags.Flag("infill_suffix", str, None, "fim runs: text after the gap"),
+    flags.Flag(
+        "banned_words_file", str, None, "words/phrases and re:<regex> lines kept out of the text (gpt_jax.safety)"
+    ),
+    flags.Flag("redact_pii", bool, False, "redact e-mails, phone numbers and long ID-like numbers (gpt_jax.safety)"),
+    flags.Flag(
+        "image", list, [], "multimodal runs: an image file (PNG/JPEG), one per <image> in --prompt (repeatable)"
+    ),
 ]
 
 
@@ -108,12 +135,20 @@ def infill_objective(name: str, base_vocab: int):
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.image or vlm_run.is_multimodal(args.workdir):  # --image on any other run is a one-line error there
+        return answer_images(args)
+    if gan_run.is_gan(args.workdir):  # an image GAN: a grid PNG (--num_samples images, 100 by default)
+        n = args.num_samples if args.num_samples > 1 else 100
+        return print(f"wrote {gan_run.sample_grid(args.workdir, n, args.seed)}")
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 200
     if args.infill_prefix is not None or args.infill_suffix is not None:
         return infill(args)
     if args.prompt == "":
         raise ValueError('--prompt is empty; give at least one character (the default is "\\n")')
     if args.num_samples < 1:
         raise ValueError(f"--num_samples={args.num_samples} must be >= 1")
+    safety = Safety.from_flags(args.banned_words_file, redact_pii=args.redact_pii)  # before the slow restore
     config, cfg, params, tok = workdir_lib.load_run(args.workdir)
     eos = getattr(tok, "eos_id", None)
     if args.num_beams > 1 and args.stop:
@@ -125,12 +160,14 @@ def run(args: argparse.Namespace) -> None:
         config,
         max_new_tokens=args.max_new_tokens,
         stop_ids=() if eos is None else (eos,),
-        banned_ids=undecodable_ids(tok.vocab_size, cfg.vocab_size),
+        banned_ids=undecodable_ids(tok.vocab_size, cfg.vocab_size) + tuple(safety.banned_token_ids(tok.encode)),
         **({} if args.num_beams > 1 else streaming),
     )
     prompts = [tok.encode(args.prompt)] * args.num_samples
     if args.num_beams > 1:
         rows = generate(cfg, params, prompts, options)
+    elif safety.active:  # the filter needs whole texts: each sample is printed once complete
+        rows = [np.concatenate(r) for r in zip(*stream(cfg, params, prompts, options))]
     else:
         first = TextStream(tok.decode)  # the first sample is printed as it is produced
         sys.stdout.write(args.prompt)
@@ -145,7 +182,44 @@ def run(args: argparse.Namespace) -> None:
             return
         print(SEPARATOR)
     for i, row in enumerate(rows):
-        print(args.prompt + tok.decode([int(t) for t in row if t >= 0]))
+        print(safety.apply(args.prompt + tok.decode([int(t) for t in row if t >= 0])))
+        if i + 1 < len(rows):
+            print(SEPARATOR)
+
+
+def answer_images(args: argparse.Namespace) -> None:
+    """A multimodal run's answer(s) to --prompt about the --image files (see the module docstring)."""
+    vlm_run.require_multimodal(args.workdir)
+    if not args.image:
+        raise ValueError(f"{args.workdir} is a multimodal run: pass the picture(s) with --image=PATH")
+    unused = [f"--{k}" for k in ("infill_prefix", "infill_suffix") if getattr(args, k) is not None]
+    unused += ["--stop"] * bool(args.stop) + ["--num_beams"] * (args.num_beams > 1)
+    if unused:
+        raise ValueError(f"{', '.join(unused)} not used with --image; answers stop at <eos> (greedy or sampled)")
+    if args.num_samples < 1:
+        raise ValueError(f"--num_samples={args.num_samples} must be >= 1")
+    image_io.place_images(args.prompt, len(args.image))  # before any file is read or the checkpoint restored
+    safety = Safety.from_flags(args.banned_words_file, redact_pii=args.redact_pii)  # answers filtered like text
+    run = vlm_run.load_vlm_run(args.workdir)
+    images = run.load_images(args.image)
+    prompt = run.prompt_ids(args.prompt, len(args.image))
+    lm = run.model_cfg.lm
+    asked = ANSWER_TOKENS if args.max_new_tokens is None else args.max_new_tokens
+    room = asked if lm.pos == "rope" else min(asked, lm.block_size - len(prompt))
+    if room < 1:
+        raise ValueError(f"the prompt with its images is {len(prompt)} tokens, filling block_size={lm.block_size}")
+    options = run.options(
+        max_new_tokens=room,
+        temperature=0.0 if args.temperature is None else args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
+    rows = run.generate([args.prompt] * args.num_samples, [images] * args.num_samples, options)
+    for i, row in enumerate(rows):
+        print(safety.apply(run.text(row)))
         if i + 1 < len(rows):
             print(SEPARATOR)
 

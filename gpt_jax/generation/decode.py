@@ -72,6 +72,12 @@ def prompt_seen(prompt_BxP, start_B, vocab: int):
 def prefill(cfg: ModelConfig, mode: Mode, cache_len: int, params, prompt_BxP, start_B, knobs: Knobs, key):
     """(State, first new token [B, 1])."""
     logits_BxV, cache = encode_prompt(cfg, params, prompt_BxP, start_B, cache_len)
+    return first_token(cfg, mode, logits_BxV, cache, prompt_BxP, start_B, knobs, key)
+
+
+def first_token(cfg: ModelConfig, mode: Mode, logits_BxV, cache: KVCache, prompt_BxP, start_B, knobs: Knobs, key):
+    """(State, first new token [B, 1]) from a prefill's last-position logits and cache (any encoder:
+    gpt_jax.generation.multimodal prefills from embeddings)."""
     seen_BxV = prompt_seen(prompt_BxP, start_B, cfg.vocab_size) if mode.repetition else None
     token_B = choose(logits_BxV, seen_BxV, knobs, mode, jax.random.fold_in(key, 0))
     state = State(

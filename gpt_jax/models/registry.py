@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from gpt_jax.models import gpt
+from gpt_jax.models import dcgan, gpt, vit, vlm
 from gpt_jax.models.base import ModelFamily
 
 FAMILIES: dict[str, ModelFamily] = {
     "gpt": gpt.FAMILY,
+    "vit": vit.FAMILY,
+    "vlm": vlm.FAMILY,
+    "dcgan": dcgan.FAMILY,
 }
 
 

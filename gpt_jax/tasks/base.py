@@ -20,8 +20,8 @@ from gpt_jax.train import MetricsFn, TaskLossFn
 class Task(Protocol):
     name: str
     model_cfg: ModelConfig  # the GPT the task runs (its architecture is what the workdir guard checks)
-    tokenizer: Any
-    seq_len: int  # tokens per example row: what tokens/s and MFU count
+    tokenizer: Any  # None for a task without text (an image GAN): nothing is saved for it
+    seq_len: int  # tokens per example row: what tokens/s and MFU count (1 for an image: images/s)
     lm_head: bool  # whether the step projects every position onto the vocabulary (for FLOPs)
 
     def init(self, rng, *pretrained) -> tuple[Any, Any]:
@@ -40,6 +40,7 @@ class Task(Protocol):
     # teacher): `updates(tx, schedule) -> list[gpt_jax.train.Update]`, each naming the sub-model of the
     # trainable dict it moves, with its own loss and optimizer, applied in order within a step. Without
     # it the trainer runs one update: `loss()` on the whole trainable tree with `wrap_optimizer(tx)`.
+    # Optional too: `on_eval(trainer, state, step)`, host work after each evaluation (a GAN's sample grids).
 
     def train_batches(self, step: int, k: int, process_index: int, process_count: int) -> dict[str, np.ndarray]:
         """Host batches of steps [step, step + k): every array [k, B_local, ...], a pure function of the step."""

@@ -6,15 +6,25 @@ import pathlib
 
 import ml_collections
 
+from gpt_jax.compression.prune_task import PruneTask
 from gpt_jax.tasks.base import Task
 from gpt_jax.tasks.classify import ClassifyTask
+from gpt_jax.tasks.distill import DistillTask
+from gpt_jax.tasks.gan import GANTask
+from gpt_jax.tasks.image_classify import ImageClassifyTask
 from gpt_jax.tasks.lm import LMTask
 from gpt_jax.tasks.sft import SFTTask
+from gpt_jax.tasks.vqa import VQATask
 
 TASKS: dict[str, type] = {
     "lm": LMTask,
     "classify": ClassifyTask,
     "sft": SFTTask,
+    "gan": GANTask,
+    "vqa": VQATask,
+    "image_classify": ImageClassifyTask,
+    "distill": DistillTask,
+    "prune": PruneTask,
 }
 
 

@@ -11,6 +11,7 @@ from gpt_jax.data.tokenizers.bpe import BPETokenizer
 from gpt_jax.data.tokenizers.byte import ByteTokenizer
 from gpt_jax.data.tokenizers.char import CharTokenizer
 from gpt_jax.data.tokenizers.sentencepiece import SentencePieceTokenizer
+from gpt_jax.data.tokenizers.word import WordTokenizer
 
 # kind -> class.
 TOKENIZERS: dict[str, TokenizerClass] = {
@@ -18,6 +19,7 @@ TOKENIZERS: dict[str, TokenizerClass] = {
     ByteTokenizer.name: ByteTokenizer,
     BPETokenizer.name: BPETokenizer,
     SentencePieceTokenizer.name: SentencePieceTokenizer,
+    WordTokenizer.name: WordTokenizer,
 }
 
 

@@ -1,0 +1,156 @@
+"""Compress a trained run into a new workdir (the source is never modified; the output appears whole):
+
+  python -m gpt_jax.compress quantize --workdir=W --out=W8 --bits=8 [--group_size=64] [--method=absmax|gptq]
+  python -m gpt_jax.compress prune --workdir=W --out=WP --sparsity=0.5 [--pattern=2:4] [--scope=layer|global]
+                                   [--finetune_steps=N] [--finetune_lr=3e-4]
+
+The output loads in sample, chat, evaluate and generation like any run. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from gpt_jax.cli import flags
+from gpt_jax.compression import prune as prune_lib
+from gpt_jax.compression import quantize as quant_lib
+from gpt_jax.compression import stored
+from gpt_jax.compression.calibrate import collect_hessians
+from gpt_jax.compression.finetune import finetune
+from gpt_jax.compression.prune_task import finetune_config
+from gpt_jax.workdir import load_run_at
+
+USAGE = "usage: python -m gpt_jax.compress quantize|prune --workdir=W --out=DIR [options] (--help per command)"
+COMMON = [
+    flags.Flag("workdir", help="the trained run to compress (read only)", required=True),
+    flags.Flag("out", help="the new workdir to write (must not exist)", required=True),
+]
+QUANTIZE = COMMON + [
+    flags.Flag("bits", int, 8, "8 (int8) or 4 (packed int4)"),
+    flags.Flag("group_size", int, 0, "input features per scale; 0: one scale per output channel"),
+    flags.Flag("method", str, "absmax", "absmax | gptq (calibrated on the run's training data)"),
+    flags.Flag("calibration_windows", int, 128, "gptq: training windows of block_size tokens"),
+]
+PRUNE = COMMON + [
+    flags.Flag("sparsity", float, None, "fraction of each matrix's weights set to zero, in [0, 1)"),
+    flags.Flag("pattern", str, "", "N:M structured pruning, e.g. 2:4 (implies sparsity 1 - N/M)"),
+    flags.Flag("scope", str, "layer", "unstructured: layer (per matrix) | global (one threshold)"),
+    flags.Flag("finetune_steps", int, 0, "masked fine-tune steps on the run's training data (0: none)"),
+    flags.Flag("finetune_lr", float, 3e-4, "fine-tune peak learning rate (cosine to a tenth)"),
+]
+
+
+def _source(workdir):
+    config, model_cfg, params, _, step = load_run_at(workdir)
+    if (config.get("task") or {}).get("name", "lm") != "lm":
+        raise ValueError(f"--workdir={workdir} is a {config.task.name} run; compression takes language-model runs")
+    if stored.quant_record(workdir) is not None:
+        raise ValueError(f"--workdir={workdir} is already quantized; compress the float run")
+    return config, model_cfg, params, step
+
+
+def calibration_windows(config, workdir, n: int) -> np.ndarray:
+    """`n` training windows [n, block_size] of the run's own task (its training data, its batch order)."""
+    from gpt_jax.tasks.registry import make_task  # lazy: builds the dataset, only GPTQ needs it
+
+    task = make_task(config, pathlib.Path(workdir))
+    per_step = config.train.batch_size
+    got = task.train_batches(0, -(-n // per_step), 0, 1)["inputs"]
+    return got.reshape(-1, got.shape[-1])[:n]
+
+
+def quantize(argv: Sequence[str]) -> int:
+    _, v = flags.parse(argv, QUANTIZE, usage=USAGE)
+    spec = quant_lib.QuantSpec(v["bits"], v["group_size"], v["method"])
+    src, dst = stored.check_paths(v["workdir"], v["out"])
+    t0 = time.perf_counter()
+    config, model_cfg, params, step = _source(src)
+    quant_lib.check(params, spec)  # grouping errors before the calibration pass
+    hessians = None
+    if spec.method == "gptq":
+        windows = calibration_windows(config, src, v["calibration_windows"])
+        hessians = collect_hessians(model_cfg, params, windows)
+    stored_params, records = quant_lib.quantize_params(params, spec, hessians)
+    record = {"bits": spec.bits, "group_size": spec.group_size, "method": spec.method, "source": str(src)}
+    if spec.method == "gptq":
+        record["calibration_windows"] = int(v["calibration_windows"])
+    stored.write_workdir(src, dst, stored_params, step, {stored.QUANT_FILE: {**record, "matrices": records}})
+    out = {"out": str(dst), **record, "weight_bytes": stored.weight_bytes(dst), "seconds": time.perf_counter() - t0}
+    print(json.dumps(out))
+    return 0
+
+
+def prune(argv: Sequence[str]) -> int:
+    _, v = flags.parse(argv, PRUNE, usage=USAGE)
+    sparsity = prune_lib.check_sparsity(v["sparsity"], v["pattern"] or None)
+    if v["scope"] not in prune_lib.SCOPES:
+        raise ValueError(f"--scope={v['scope']!r} is not one of {list(prune_lib.SCOPES)}")
+    if v["finetune_steps"] < 0:
+        raise ValueError(f"--finetune_steps={v['finetune_steps']} must be >= 0")
+    src, dst = stored.check_paths(v["workdir"], v["out"])
+    t0 = time.perf_counter()
+    config, _, params, step = _source(src)
+    masks = prune_lib.magnitude_masks(params, sparsity, scope=v["scope"], pattern=v["pattern"] or None)
+    params = prune_lib.apply_masks(params, masks)
+    record = {"sparsity": sparsity, "pattern": v["pattern"], "scope": v["scope"], "source": str(src)}
+    if v["finetune_steps"]:
+        scratch = dst.parent / f".{dst.name}.finetune-{os.getpid()}"
+        ft = finetune_config(
+            src,
+            sparsity=sparsity,
+            pattern=v["pattern"],
+            scope=v["scope"],
+            steps=v["finetune_steps"],
+            lr=v["finetune_lr"],
+        )
+        try:
+            params, summary = finetune(src, scratch, ft)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        step += v["finetune_steps"]
+        record["finetune"] = {"steps": v["finetune_steps"], "lr": v["finetune_lr"], "val_loss": summary.get("val_loss")}
+    record["report"] = prune_lib.report(params)
+    stored.write_workdir(src, dst, params, step, {stored.PRUNE_FILE: record})
+    rep = record["report"]
+    print(
+        json.dumps(
+            {
+                "out": str(dst),
+                "sparsity": sparsity,
+                "pattern": v["pattern"],
+                "prunable_sparsity": rep["prunable_sparsity"],
+                "total_sparsity": rep["total_sparsity"],
+                "finetune": record.get("finetune"),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+    )
+    return 0
+
+
+COMMANDS = {"quantize": quantize, "prune": prune}
+
+
+def compress(argv: Sequence[str]) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        if argv and argv[0] in ("--help", "-h"):
+            raise SystemExit(print(__doc__))
+        got = repr(argv[0]) if argv else "nothing"
+        raise flags.UsageError(f"the first argument must be quantize or prune, got {got}; {USAGE}")
+    return COMMANDS[argv[0]](argv[1:])
+
+
+def main(argv: Sequence[str]) -> int:
+    return flags.run(compress, argv, workdir_hint=lambda: flags.value_of(argv, "out"))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,82 @@
+"""The pruned fine-tune: a wrapper task around LMTask that starts from a source run's weights pruned by
+magnitude and trains them with `prune.masked` (masks in the optimizer state: saved, resumed).
+
+Config: the source run's own config.json with task.name = "prune" and a `prune` section
+{source, sparsity, pattern, scope}; `finetune_config` builds it, gpt_jax.compression.finetune runs it.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import ml_collections
+
+from gpt_jax.compression.prune import apply_masks, check_sparsity, magnitude_masks, masked
+from gpt_jax.compression.stored import quant_record
+from gpt_jax.tasks.lm import LMTask
+from gpt_jax.workdir import load_run, read_run_file
+
+
+class PruneTask:
+    name = "prune"
+
+    def __init__(self, lm: LMTask, params, masks):
+        self.lm, self.params, self.masks = lm, params, masks
+        self.config, self.tokenizer, self.model_cfg = lm.config, lm.tokenizer, lm.model_cfg
+        self.family, self.seq_len, self.lm_head = lm.family, lm.seq_len, lm.lm_head
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> PruneTask:
+        p = config.prune
+        if quant_record(p.source) is not None:
+            raise ValueError(f"prune.source={p.source} is a quantized run; prune the float run, then quantize")
+        lm_config = ml_collections.ConfigDict(config.to_dict())
+        lm_config.task.name = "lm"
+        lm = LMTask.from_config(lm_config, workdir)
+        params = load_run(p.source)[2]
+        sparsity = check_sparsity(p.get("sparsity"), p.get("pattern") or None)
+        masks = magnitude_masks(params, sparsity, scope=p.get("scope", "layer"), pattern=p.get("pattern") or None)
+        return cls(lm, apply_masks(params, masks), masks)
+
+    def init(self, rng, params=None):
+        """The pruned weights; without them (shapes only, for the state's layout) a random init."""
+        return (params, {}) if params is not None else self.lm.init(rng)
+
+    def pretrained(self) -> tuple:
+        return (jax.device_get(self.params),)  # host arrays: create_state places them on the run's mesh
+
+    def loss(self):
+        return self.lm.loss()
+
+    def metrics(self):
+        return self.lm.metrics()
+
+    def wrap_optimizer(self, tx):
+        return masked(tx, self.masks)
+
+    def train_batches(self, step, k, process_index, process_count):
+        return self.lm.train_batches(step, k, process_index, process_count)
+
+    def eval_batches(self, process_index, process_count):
+        return self.lm.eval_batches(process_index, process_count)
+
+    def finish(self, trainer, state, workdir, best_state=None):
+        return {}
+
+
+def finetune_config(source, *, sparsity, pattern, scope, steps: int, lr: float) -> ml_collections.ConfigDict:
+    """The source run's config turned into a short masked fine-tune of its pruned weights."""
+    config = ml_collections.ConfigDict(read_run_file(source, "config.json"))
+    config.task.name = "prune"
+    config.prune = ml_collections.ConfigDict(
+        {"source": str(source), "sparsity": sparsity, "pattern": pattern or "", "scope": scope}
+    )
+    t, o = config.train, config.optim
+    t.num_steps, t.eval_every = steps, steps
+    t.steps_per_call = min(t.steps_per_call, steps)
+    o.lr, o.min_lr, o.decay_steps = lr, lr / 10, None
+    o.warmup_steps = min(o.warmup_steps, max(steps // 10, 1))
+    config.checkpoint.every = steps
+    config.checkpoint.async_save = False
+    return config

@@ -1,0 +1,197 @@
+"""The compiled half of continuous batching: B slots over one batched KV cache, one shared write column.
+
+Every decode step writes column `cache.index` for all B rows (gpt_jax.kv_cache's one-index write, so
+the model is used unchanged). A request joins between chunks: its prompt, LEFT-padded to a power-of-two
+bucket P, is prefilled alone into a fresh [1, P] cache, and that cache is copied into its slot's row at
+columns [index - P, index); its row then attends to [start, index) (start = index - prompt length).
+Rows never hold more than `room` = window + chunk columns, so the index starts at `room` (any bucket
+fits behind it) and, when a chunk would run past the end, every row is rolled left to end at `room`.
+
+Programs: `insert` once per prompt bucket (P in 16, 32, ... window), `step` once, `roll` once, and
+`score` (echo logprobs) once per bucket: the count never depends on how many requests came or their lengths.
+Sampling is per row (temperature, top_k, top_p, seed); temperature 0 is greedy for that row.
+"""
+
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from gpt_jax.config import ModelConfig
+from gpt_jax.generation.decode import decode_mask, encode_prompt
+from gpt_jax.generation.processors import Knobs, Mode, choose
+from gpt_jax.kv_cache import KVCache, init_cache
+from gpt_jax.model import GPT
+
+TOP = 5  # alternatives returned per token (OpenAI's completions cap `logprobs` at 5)
+
+
+@flax.struct.dataclass
+class Slots:
+    cache: KVCache  # [B rows, S columns]
+    token_B: jax.Array  # last chosen token, fed next
+    pos_B: jax.Array  # its position id
+    start_B: jax.Array  # first real column of each row
+    step_B: jax.Array  # tokens produced by the row (its sampling key's counter)
+    key_B: jax.Array  # uint32 [B, 2]: raw PRNG key data per row
+    temperature_B: jax.Array  # 0 = greedy
+    top_k_B: jax.Array  # <= the static bound
+    top_p_B: jax.Array
+
+
+@flax.struct.dataclass
+class Shared:
+    banned_V: jax.Array  # never produced (undecodable ids, single-token banned words)
+
+
+def mode(vocab: int, top_k_bound: int) -> Mode:
+    return Mode(greedy=False, top_k_bound=min(vocab, top_k_bound), top_p=True)
+
+
+def init_slots(cfg: ModelConfig, batch: int, length: int, room: int) -> Slots:
+    zi = lambda: jnp.zeros((batch,), jnp.int32)  # fresh buffers: the state is donated, leaf by leaf
+    cache = init_cache(cfg, batch, length).replace(index=jnp.asarray(room, jnp.int32))
+    return Slots(
+        cache=cache,
+        token_B=zi(),
+        pos_B=zi(),
+        start_B=jnp.full((batch,), room, jnp.int32),
+        step_B=zi(),
+        key_B=jnp.zeros((batch, 2), jnp.uint32),
+        temperature_B=jnp.ones((batch,), jnp.float32),
+        top_k_B=zi() + 1,
+        top_p_B=jnp.ones((batch,), jnp.float32),
+    )
+
+
+def _pick(logits_BxV, knobs, shared: Shared, md: Mode, step_B):
+    """(token [B], its logprob [B], top TOP logprobs and ids [B, TOP]) under each row's own knobs."""
+    temperature_B, top_k_B, top_p_B, key_B = knobs
+
+    def one(logits_V, t, k, p, key, step):
+        kn = Knobs(
+            temperature=jnp.where(t > 0, t, 1.0),
+            top_k=k,
+            top_p=p,
+            min_p=jnp.float32(0),
+            repetition_penalty=jnp.float32(1),
+            banned_V=shared.banned_V,
+            stop_V=shared.banned_V,
+            pad_id=jnp.int32(-1),
+        )
+        rng = jax.random.fold_in(jax.random.wrap_key_data(key), step)
+        sampled = choose(logits_V[None], None, kn, md, rng)[0]
+        greedy = jnp.argmax(jnp.where(shared.banned_V, -jnp.inf, logits_V)).astype(jnp.int32)
+        return jnp.where(t > 0, sampled, greedy)
+
+    token_B = jax.vmap(one)(logits_BxV, temperature_B, top_k_B, top_p_B, key_B, step_B)
+    logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
+    top_lp_BxT, top_id_BxT = jax.lax.top_k(logp_BxV, TOP)
+    chosen_B = jnp.take_along_axis(logp_BxV, token_B[:, None], axis=-1)[:, 0]
+    return token_B, chosen_B, top_lp_BxT, top_id_BxT
+
+
+def _put_row(big, small, slot, col, col_axis: int):
+    """Writes `small` (one row, P columns) into `big` at row `slot`, columns [col, col + P)."""
+    lead = big.ndim - 4  # scan_layers: a leading layer axis
+    idx = [0] * big.ndim
+    idx[lead], idx[col_axis + lead] = slot, col
+    return jax.lax.dynamic_update_slice(big, small.astype(big.dtype), tuple(idx))
+
+
+def insert(cfg: ModelConfig, md: Mode, params, s: Slots, shared: Shared, slot, prompt_1xP, length, knobs):
+    """Prefill one prompt (left-padded to its bucket P, `length` real tokens) into row `slot`.
+    knobs: (temperature, top_k, top_p, key data [2]). Returns (slots, token, logprob, top lp, top ids)."""
+    p = prompt_1xP.shape[1]
+    start_1 = jnp.reshape(p - length, (1,)).astype(jnp.int32)
+    logits_1xV, small = encode_prompt(cfg, params, prompt_1xP, start_1, p)
+    col = s.cache.index - p
+    k = jax.tree.map(lambda b, m: _put_row(b, m, slot, col, 3), s.cache.k, small.k)
+    v = jax.tree.map(lambda b, m: _put_row(b, m, slot, col, 2), s.cache.v, small.v)
+    t, tk, tp, key = knobs
+    row = (t[None], tk[None], tp[None], key[None])
+    token, lp, top_lp, top_id = _pick(logits_1xV, row, shared, md, jnp.zeros((1,), jnp.int32))
+    s = s.replace(
+        cache=s.cache.replace(k=k, v=v),
+        token_B=s.token_B.at[slot].set(token[0]),
+        pos_B=s.pos_B.at[slot].set(length),
+        start_B=s.start_B.at[slot].set(s.cache.index - length),
+        step_B=s.step_B.at[slot].set(1),
+        key_B=s.key_B.at[slot].set(key),
+        temperature_B=s.temperature_B.at[slot].set(t),
+        top_k_B=s.top_k_B.at[slot].set(tk),
+        top_p_B=s.top_p_B.at[slot].set(tp),
+    )
+    return s, token[0], lp[0], top_lp[0], top_id[0]
+
+
+def step(cfg: ModelConfig, md: Mode, n_steps: int, params, s: Slots, shared: Shared):
+    """n_steps decode steps for every row (idle rows too: they attend to themselves only; the host
+    ignores them). Returns (slots, tokens [B, n], logprobs [B, n], top lp [B, n, TOP], top ids)."""
+    model = GPT(cfg)
+    b = s.token_B.shape[0]
+
+    def body(i, carry):
+        st, toks, lps, tlps, tids = carry
+        logits_Bx1xV, cache = model.apply(
+            {"params": params},
+            st.token_B[:, None],
+            st.pos_B[:, None],
+            decode_mask(st.start_B, st.cache.index, st.cache.length),
+            cache=st.cache,
+        )
+        knobs = (st.temperature_B, st.top_k_B, st.top_p_B, st.key_B)
+        token_B, lp_B, tlp_BxT, tid_BxT = _pick(logits_Bx1xV[:, 0], knobs, shared, md, st.step_B)
+        st = st.replace(cache=cache, token_B=token_B, pos_B=st.pos_B + 1, step_B=st.step_B + 1)
+        return (
+            st,
+            toks.at[:, i].set(token_B),
+            lps.at[:, i].set(lp_B),
+            tlps.at[:, i].set(tlp_BxT),
+            tids.at[:, i].set(tid_BxT),
+        )
+
+    out = (
+        s,
+        jnp.zeros((b, n_steps), jnp.int32),
+        jnp.zeros((b, n_steps), jnp.float32),
+        jnp.zeros((b, n_steps, TOP), jnp.float32),
+        jnp.zeros((b, n_steps, TOP), jnp.int32),
+    )
+    return jax.lax.fori_loop(0, n_steps, body, out)
+
+
+def roll(s: Slots, room) -> Slots:
+    """Every row moved left so the write index becomes `room` (rows hold at most `room` columns)."""
+    shift = s.cache.index - room
+    length = s.cache.length
+
+    def move(x, axis):
+        axis = axis + x.ndim - 4
+        both = jnp.concatenate([x, x], axis=axis)
+        return jax.lax.dynamic_slice_in_dim(both, shift, length, axis=axis)
+
+    cache = s.cache.replace(
+        k=jax.tree.map(lambda x: move(x, 3), s.cache.k),
+        v=jax.tree.map(lambda x: move(x, 2), s.cache.v),
+        index=s.cache.index - shift,
+    )
+    return s.replace(cache=cache, start_B=s.start_B - shift)
+
+
+def score(cfg: ModelConfig, params, ids_1xP):
+    """Log-probabilities of a RIGHT-padded sequence's tokens: (logprob of token t+1 at t [1, P],
+    top TOP logprobs/ids after each position [1, P, TOP])."""
+    logits_1xPxV = GPT(cfg).apply({"params": params}, ids_1xP)
+    logp = jax.nn.log_softmax(logits_1xPxV, axis=-1)
+    nxt = jnp.concatenate([ids_1xP[:, 1:], ids_1xP[:, :1]], axis=1)
+    chosen = jnp.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0]
+    top_lp, top_id = jax.lax.top_k(logp, TOP)
+    return chosen, top_lp, top_id
+
+
+insert_jit = jax.jit(insert, static_argnums=(0, 1), donate_argnums=(3,))
+step_jit = jax.jit(step, static_argnums=(0, 1, 2), donate_argnums=(4,))
+roll_jit = jax.jit(roll, donate_argnums=(0,))
+score_jit = jax.jit(score, static_argnums=(0,))
