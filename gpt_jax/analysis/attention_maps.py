@@ -66,7 +66,8 @@ def token_label(text: str) -> str:
     return text if len(text) <= 12 else text[:11] + "\u2026"
 
 
-def _pick(which: Sequence[int] | None, n: int, what: str) -> list[int]:
+def pick_indices(which: Sequence[int] | None, n: int, what: str) -> list[int]:
+    """The chosen layer/head indices (all when None), each checked to be in 0..n-1."""
     picked = list(range(n)) if which is None else [int(i) for i in which]
     bad = [i for i in picked if not 0 <= i < n]
     if bad or not picked:
@@ -97,7 +98,7 @@ def plot_attention(
     n, h, t, s = w.shape
     if len(tokens) != t:
         raise ValueError(f"{len(tokens)} tokens for {t} query positions; pass one label per position")
-    rows, cols = _pick(layers, n, "layers"), _pick(heads, h, "heads")
+    rows, cols = pick_indices(layers, n, "layers"), pick_indices(heads, h, "heads")
     query_labels = [token_label(x) for x in tokens]
     key_labels = [f"p{i}" for i in range(s - t)] + query_labels
     labelled = t <= MAX_LABELLED

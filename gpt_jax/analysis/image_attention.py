@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax import vlm_run
+from gpt_jax.analysis.attention_maps import pick_indices
 from gpt_jax.data import image_io
 from gpt_jax.models.vlm import VisionLanguageModel, VLMConfig
 
@@ -65,14 +66,6 @@ def lm_attention(cfg: VLMConfig, params, ids_1xL, images_1xNxHxWxC, prefix_len: 
     return np.asarray(fn(params, ids_1xL, images_1xNxHxWxC, np.asarray([prefix_len], np.int32)))
 
 
-def _pick(which: Sequence[int] | None, n: int, what: str) -> list[int]:
-    picked = list(range(n)) if which is None else [int(i) for i in which]
-    bad = [i for i in picked if not 0 <= i < n]
-    if bad or not picked:
-        raise ValueError(f"{what} {bad or picked} out of range: the model has {what} 0..{n - 1}")
-    return picked
-
-
 def image_attention(run, question: str, images_NxHxWxC: np.ndarray, layers=None, heads=None) -> ImageAttention:
     """Answer `question` about the images (greedy), then measure the answer's attention on their patches.
 
@@ -82,8 +75,8 @@ def image_attention(run, question: str, images_NxHxWxC: np.ndarray, layers=None,
     n_images = len(images_NxHxWxC)
     if n_images < 1:
         raise ValueError("no image given; the heatmap shows the answer's attention on image patches")
-    layers = _pick(layers, cfg.lm.n_layer, "layers")
-    heads = _pick(heads, cfg.lm.n_head, "heads")
+    layers = pick_indices(layers, cfg.lm.n_layer, "layers")
+    heads = pick_indices(heads, cfg.lm.n_head, "heads")
     prompt = run.prompt_ids(question, n_images)
     lm = cfg.lm
     options = run.options()
