@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "pillow>=10.0",  # image files in and out (gpt_jax.data.image_io, GAN sample grids)
     "fastapi>=0.115",  # gpt_jax.serve: the OpenAI-compatible server
     "uvicorn>=0.30",
+    "grain>=0.2.18",  # data.pipeline='grain': pre-tokenized ArrayRecord shards, packing, checkpointed iterator
 ]
 
 # The HF oracle for tests, and torch for reading pytorch_model.bin. torch is pinned to the CPU

@@ -2,6 +2,7 @@
 `GPT2LMHeadModel.generate` (greedy, use_cache=True), same shapes, random weights.
 
   python -m benchmarks.decode [--cases=shakespeare,gpt2] [--batches=1,16] [--repeats=3] [--no_hf]
+      [--nanogpt_dir=../shared/baselines/nanogpt]   (adds nanoGPT's own generate(), no KV cache)
 
 One JSON line per (impl, model, batch): decode tokens/s (new tokens after the first, all rows),
 per-token latency, prefill latency (prompt -> first token), end-to-end tokens/s; for gpt_jax the
@@ -148,6 +149,46 @@ def bench_hf(case: str, batch: int, repeats: int) -> dict:
     )
 
 
+def bench_nanogpt(case: str, batch: int, repeats: int, nanogpt_dir: str) -> dict:
+    """nanoGPT's own `GPT.generate()` (no KV cache: the whole context re-run per token), imported by path
+    from an unmodified checkout, random weights, same shape; top_k=1 makes its sampling greedy."""
+    import importlib.util
+
+    import torch
+
+    path = os.path.join(os.path.expanduser(nanogpt_dir), "model.py")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found; pass --nanogpt_dir=<the staged nanoGPT dir>")
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    ng = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ng)
+    shape, prompt, new = CASES[case]
+    torch.manual_seed(0)
+    model = ng.GPT(ng.GPTConfig(**shape, dropout=0.0, bias=True)).eval()
+    ids = torch.as_tensor(np.random.default_rng(0).integers(0, shape["vocab_size"], (batch, prompt)))
+
+    def prefill():
+        with torch.no_grad():
+            model(ids)
+
+    def full():
+        with torch.no_grad():
+            out = model.generate(ids, new, temperature=1.0, top_k=1)
+        assert out.shape == (batch, prompt + new), out.shape
+
+    full()
+    return _report(
+        "nanogpt_torch",
+        case,
+        batch,
+        prompt,
+        new,
+        _median_time(prefill, repeats),
+        _median_time(full, repeats),
+        torch_threads=torch.get_num_threads(),
+    )
+
+
 def main(argv: list[str]) -> int:
     flags = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "1") for a in argv if a.startswith("--"))
     cases = flags.get("cases", "shakespeare,gpt2").split(",")
@@ -157,15 +198,17 @@ def main(argv: list[str]) -> int:
         import torch  # noqa: F401
         import transformers  # noqa: F401
 
-        have_hf = "no_hf" not in flags
+        have_torch, have_hf = True, "no_hf" not in flags
     except ImportError:
-        have_hf = False
+        have_torch = have_hf = False
         print(json.dumps({"note": "transformers/torch not importable: HF rows skipped"}))
     for case in cases:
         for batch in batches:
             print(json.dumps(bench_jax(case, batch, repeats)), flush=True)
             if have_hf:
                 print(json.dumps(bench_hf(case, batch, repeats)), flush=True)
+            if have_torch and "nanogpt_dir" in flags:
+                print(json.dumps(bench_nanogpt(case, batch, repeats, flags["nanogpt_dir"])), flush=True)
     return 0
 
 

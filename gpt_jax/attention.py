@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt_jax.attention_kernels import KERNELS, check_kernel, fused_attention
 from gpt_jax.config import ModelConfig
-from gpt_jax.kv_cache import K_AXES, V_AXES
+from gpt_jax.kv_cache import K_AXES, V_AXES, update_slice
 from gpt_jax.layers import apply_rope, matmul, normal
 
 
@@ -82,8 +84,8 @@ def write_cache(kv, k_BxGxLxK, v_BxGxLxK, index, o_BxHxLxK):
     """
     after_Bx1xLx1 = 0.0 * o_BxHxLxK[:, :1, :, :1]
     kt_BxGxLxK = jnp.swapaxes(k_BxGxLxK + after_Bx1xLx1, 2, 3).astype(kv[0].dtype)
-    kt_BxGxKxS = jax.lax.dynamic_update_slice(kv[0], kt_BxGxLxK, (0, 0, 0, index))
-    v_BxGxSxK = jax.lax.dynamic_update_slice(kv[1], (v_BxGxLxK + after_Bx1xLx1).astype(kv[1].dtype), (0, 0, index, 0))
+    kt_BxGxKxS = update_slice(kv[0], kt_BxGxLxK, (0, 0, 0, index))
+    v_BxGxSxK = update_slice(kv[1], (v_BxGxLxK + after_Bx1xLx1).astype(kv[1].dtype), (0, 0, index, 0))
     return nn.with_logical_constraint(kt_BxGxKxS, K_AXES), nn.with_logical_constraint(v_BxGxSxK, V_AXES)
 
 
@@ -100,10 +102,22 @@ def with_prefix(k_BxGxLxK, v_BxGxLxK, mask_BxLxT, pk_GxPxK, pv_GxPxK, at: int):
     return k_BxGxQxK, v_BxGxQxK, mask_BxLxU
 
 
-def resolve_attention(name: str) -> str:
-    if name != "auto":
-        return name
-    return "einsum" if jax.default_backend() == "cpu" else "dot_product"
+def resolve_attention(name: str, dtype=jnp.float32) -> str:
+    """The attention path for model.attention=name. A kernel this backend cannot run takes auto's path with a
+    warning (a run trained on a TPU still samples on CPU); the trainer refuses it up front (check_kernel)."""
+    backend = jax.default_backend()
+    if name in KERNELS:
+        try:
+            check_kernel(name, backend, dtype)
+        except ValueError as e:
+            warnings.warn(f"{e}; using model.attention=auto here", stacklevel=2)
+            name = "auto"
+    if name == "auto":
+        if backend == "cpu":
+            return "einsum"
+        half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+        return "cudnn" if backend == "gpu" and half else "dot_product"
+    return name
 
 
 class HeadsProjection(nn.Module):
@@ -170,13 +184,18 @@ class CausalSelfAttention(nn.Module):
         # Attention maps (gpt_jax.analysis.attention_maps): only when the caller made 'intermediates' mutable,
         # and then on the einsum path whatever cfg.attention says (fused kernels never form them).
         sow = kv is None and self.is_mutable_collection("intermediates")
-        if fresh and (sow or resolve_attention(cfg.attention) == "einsum"):
+        path = resolve_attention(cfg.attention, cfg.compute_dtype)
+        if fresh and (sow or path == "einsum"):
             o_BxHxLxK = einsum_attention(
                 q_BxHxLxK, ks_BxGxQxK, vs_BxGxQxK, mask_BxLxU, cfg.compute_dtype, return_weights=sow
             )
             if sow:  # p_BxHxLxU: keys = [prefix slots, real keys]
                 o_BxHxLxK, p_BxHxLxU = o_BxHxLxK
                 self.sow("intermediates", "attention_weights", p_BxHxLxU)
+        elif fresh and path in KERNELS:  # gpt_jax.attention_kernels; dot_product where a kernel does not apply
+            o_BxHxLxK = fused_attention(
+                path, q_BxHxLxK, ks_BxGxQxK, vs_BxGxQxK, mask_BxLxU, cfg.compute_dtype, dot_product_attention
+            )
         elif fresh:
             o_BxHxLxK = dot_product_attention(q_BxHxLxK, ks_BxGxQxK, vs_BxGxQxK, mask_BxLxU, cfg.compute_dtype)
         else:  # the prefix rides with the new tokens: they are not cached, the cache stays real keys only

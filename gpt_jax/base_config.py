@@ -57,6 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tokenizer_path = NONE_STR()  # load, not learn: dir of vocab.json+merges.txt, a tokenizer.json, a .model
     c.data.manual_dir = NONE_STR()  # raw corpora; else $GPT_JAX_DATA_DIR, else ../shared/data
     c.data.tfds_dir = NONE_STR()  # prepared TFDS cache; else $GPT_JAX_TFDS_DIR, else ~/.cache/gpt_jax/tfds
+    c.data.pipeline = "random"  # random: windows of a corpus held in memory | grain: token shards streamed from disk
+    c.data.shards_dir = NONE_STR()  # grain: token shards cache; else <tfds_dir>/token_shards
+    c.data.grain_workers = 0  # grain: reader worker processes (0: read in the training process)
+    c.data.packing_bins = 64  # grain: rows packed at once (more: less padding)
+    c.data.tokenizer_sample_chars = 10_000_000  # grain: chars of the train split a bpe/sentencepiece is learned from
 
     c.train = ml_collections.ConfigDict()
     t = c.train

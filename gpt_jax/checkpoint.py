@@ -1,4 +1,4 @@
-"""Checkpointing: a thin wrapper over Orbax's CheckpointManager, plus a SIGTERM flag.
+"""Checkpointing: a thin wrapper over Orbax's CheckpointManager (the SIGTERM flag: gpt_jax.preemption).
 
 Layout: ``<workdir>/checkpoints/<step>/{state,meta,commit_success.txt,...}``.
 
@@ -29,8 +29,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -38,6 +36,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from gpt_jax import checkpoint_integrity as integrity
+from gpt_jax.paths import Path, absolute, as_path
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class NoReadableCheckpointError(FileNotFoundError):
 
 def checkpoint_dir(workdir: str | os.PathLike[str]) -> Path:
     """The conventional checkpoint directory of a run: ``<workdir>/checkpoints``."""
-    return Path(workdir) / "checkpoints"
+    return as_path(workdir) / "checkpoints"
 
 
 def abstract_like(tree: PyTree) -> PyTree:
@@ -105,7 +104,7 @@ class Checkpointer:
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
-        self.directory = Path(directory).absolute()
+        self.directory = absolute(directory)
         self.save_every = int(save_every)
         self.read_only = read_only
         self._good: set[int] = set()  # restored by us, or saved by us and committed
@@ -114,7 +113,7 @@ class Checkpointer:
             preservation_policy=integrity.KeepLatestAndLastGood(keep, self._newest_good),
             enable_async_checkpointing=async_save,
             # Writes integrity.json into each step as part of the commit (checkpoint_integrity).
-            temporary_path_class=integrity.IntegrityTemporaryPath,
+            temporary_path_class=integrity.temporary_path_class(self.directory),  # rename, or commit file on gs://
             # Leftover ``*.orbax-checkpoint-tmp`` dirs from a killed run are deleted on start
             # (primary host only). Never for a reader: it would delete a live trainer's
             # in-flight save.
@@ -125,8 +124,11 @@ class Checkpointer:
         self._mgr = ocp.CheckpointManager(self.directory, options=options)
 
     # ------------------------------------------------------------------ saving
-    def maybe_save(self, step: int, state: PyTree, meta: dict[str, Any], *, force: bool = False) -> bool:
-        """Save ``state`` + ``meta`` if ``step`` is on the save interval or ``force``.
+    def maybe_save(
+        self, step: int, state: PyTree, meta: dict[str, Any], *, force: bool = False, items: dict | None = None
+    ) -> bool:
+        """Save ``state`` + ``meta`` (+ extra Composite ``items``: gpt_jax.data.iterator_state) if ``step`` is
+        on the save interval or ``force``.
 
         Returns True if a save was started. A step that is already saved (or being saved)
         is skipped, so a periodic save and a preemption save at the same step don't clash.
@@ -149,6 +151,7 @@ class Checkpointer:
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state),
                     meta=ocp.args.JsonSave(dict(meta)),
+                    **(items or {}),
                 ),
                 force=True,
             )
@@ -180,7 +183,7 @@ class Checkpointer:
             moved, n = self.directory / f"{step}.{tag}", 1
             while moved.exists():
                 moved, n = self.directory / f"{step}.{tag}.{n}", n + 1
-            os.rename(src, moved)
+            src.rename(moved)
             (moved / _REASON_FILE).write_text(reason + "\n")
             log.warning("moved checkpoint %s aside to %s (%s); it is kept, not deleted", src, moved.name, reason)
         if jax.process_count() > 1:
@@ -243,7 +246,9 @@ class Checkpointer:
             log.warning("skipping checkpoint %s: %s", self.directory / str(step), problem)
         return None
 
-    def restore_latest_good(self, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any], int]:
+    def restore_latest_good(
+        self, abstract_state: PyTree, items: dict | None = None
+    ) -> tuple[PyTree, dict[str, Any], int]:
         """``(state, meta, step)`` from the newest checkpoint that verifies and reads.
 
         Each newer one that fails is named in a one-line warning; a writable Checkpointer (the trainer,
@@ -257,7 +262,7 @@ class Checkpointer:
         bad: list[CheckpointCorruptError] = []
         for step in reversed(steps):
             try:
-                state, meta = self.restore(abstract_state, step)
+                state, meta = self.restore(abstract_state, step, items)
             except CheckpointCorruptError as e:
                 log.warning("skipping checkpoint %s: %s", e.path, e.problem)
                 bad.append(e)
@@ -274,7 +279,7 @@ class Checkpointer:
             "to start over, or use another --workdir"
         )
 
-    def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
+    def restore(self, abstract_state: PyTree, step: int | None = None, items: dict | None = None) -> tuple:
         """Restore ``(state, meta)`` from ``step`` (default: latest complete one).
 
         ``abstract_state`` mirrors the saved tree with ``jax.ShapeDtypeStruct`` leaves
@@ -303,19 +308,20 @@ class Checkpointer:
         if problem is not None:
             raise CheckpointCorruptError(path, problem)
         try:
-            state, meta = self._restore(abstract_state, step)
+            state, meta = self._restore(abstract_state, step, items or {})
         except Exception as e:  # tensorstore raises a bare Exception for a truncated file
             raise CheckpointCorruptError(path, f"it could not be read ({_one_line(e)})") from e
         self._good.add(step)
         return state, meta
 
-    def _restore(self, abstract_state: PyTree, step: int) -> tuple[PyTree, dict[str, Any]]:
+    def _restore(self, abstract_state: PyTree, step: int, items: dict) -> tuple[PyTree, dict[str, Any]]:
         try:
             out = self._mgr.restore(
                 int(step),
                 args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state),
                     meta=ocp.args.JsonRestore(),
+                    **items,
                 ),
             )
         except ValueError as e:
@@ -341,54 +347,3 @@ def _without_empty_frozen(state: PyTree) -> dict | None:
     if not (dataclasses.is_dataclass(state) and getattr(state, "frozen", None) == {}):
         return None
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "frozen"}
-
-
-# ------------------------------------------------------------------ preemption
-class PreemptionFlag:
-    """Set by SIGTERM; the train loop polls it, saves with ``force=True``, waits, exits.
-
-    Single process: :meth:`reached` is just :meth:`is_set`. Multi-process (after
-    ``jax.distributed.initialize``): no Python handler is installed -- it would replace
-    JAX's own SIGTERM notifier -- and :meth:`reached` asks JAX's preemption sync manager,
-    which makes every host agree on the same save step. It must then be called at
-    *every* step on every host.
-    """
-
-    def __init__(self) -> None:
-        self._set = False
-        self._prev_handler: Any = None
-        self._signum: int | None = None
-
-    def set(self) -> None:
-        self._set = True
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def reached(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            return bool(multihost_utils.reached_preemption_sync_point(int(step)))
-        return self._set
-
-    def uninstall(self) -> None:
-        """Put back the previous handler (tests; nested runs)."""
-        if self._signum is not None:
-            signal.signal(self._signum, self._prev_handler)
-            self._signum = None
-
-
-def install_sigterm_handler(signum: int = signal.SIGTERM) -> PreemptionFlag:
-    """Install a handler that only flips a flag (no I/O, locks or JAX in signal context).
-
-    Must be called from the main thread. See :class:`PreemptionFlag` for multi-process.
-    """
-    flag = PreemptionFlag()
-    if jax.process_count() > 1:
-        return flag
-
-    def _handler(_signum: int, _frame: object) -> None:
-        flag._set = True  # a plain attribute store: safe at any bytecode boundary
-
-    flag._prev_handler = signal.signal(signum, _handler)
-    flag._signum = signum
-    return flag

@@ -25,9 +25,11 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import orbax.checkpoint as ocp
+from etils import epath
+
+from gpt_jax.paths import Path, as_path, file_size, is_local, write_text_atomic
 
 RECORD_FILE = "integrity.json"
 _ALGORITHM = "sha256"
@@ -37,9 +39,9 @@ _UNRECORDED = frozenset({"_CHECKPOINT_METADATA", "commit_success.txt", RECORD_FI
 
 def _files(step_dir: Path) -> list[str]:
     out = []
-    for root, _, names in os.walk(step_dir):
+    for root, _, names in epath.Path(step_dir).walk():  # pathlib has no walk() before Python 3.12
         for name in names:
-            rel = Path(root, name).relative_to(step_dir).as_posix()
+            rel = (root / name).relative_to(step_dir).as_posix()
             if rel not in _UNRECORDED:
                 out.append(rel)
     return sorted(out)
@@ -47,7 +49,7 @@ def _files(step_dir: Path) -> list[str]:
 
 def _digest(path: Path, algorithm: str = _ALGORITHM) -> str:
     h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
+    with as_path(path).open("rb") as f:
         while chunk := f.read(1 << 20):  # (hashlib.file_digest needs Python 3.11)
             h.update(chunk)
     return h.hexdigest()
@@ -55,24 +57,20 @@ def _digest(path: Path, algorithm: str = _ALGORITHM) -> str:
 
 def write_record(step_dir: str | os.PathLike[str]) -> None:
     """Hash every file under ``step_dir`` into ``step_dir/integrity.json`` (written via a temp file + rename)."""
-    step_dir = Path(step_dir)
-    files = {rel: [(step_dir / rel).stat().st_size, _digest(step_dir / rel)] for rel in _files(step_dir)}
-    tmp = step_dir / (RECORD_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"version": 1, "algorithm": _ALGORITHM, "files": files}, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, step_dir / RECORD_FILE)
+    step_dir = as_path(step_dir)
+    files = {rel: [file_size(step_dir / rel), _digest(step_dir / rel)] for rel in _files(step_dir)}
+    record = {"version": 1, "algorithm": _ALGORITHM, "files": files}
+    write_text_atomic(step_dir / RECORD_FILE, json.dumps(record, indent=1, sort_keys=True))
 
 
 def has_record(step_dir: str | os.PathLike[str]) -> bool:
-    return (Path(step_dir) / RECORD_FILE).exists()
+    return (as_path(step_dir) / RECORD_FILE).exists()
 
 
 def verify(step_dir: str | os.PathLike[str]) -> str | None:
     """None if every file the record lists has its recorded size and hash (or there is no record: legacy);
     else one line saying what does not match. Files the record does not list are not read."""
-    step_dir = Path(step_dir)
+    step_dir = as_path(step_dir)
     record_path = step_dir / RECORD_FILE
     if not record_path.exists():
         return None
@@ -88,8 +86,8 @@ def verify(step_dir: str | os.PathLike[str]) -> str | None:
         path = step_dir / rel
         if not path.is_file():
             return f"{rel} is missing"
-        if path.stat().st_size != size:
-            return f"{rel} is {path.stat().st_size} bytes, the integrity record says {size}"
+        if file_size(path) != size:
+            return f"{rel} is {file_size(path)} bytes, the integrity record says {size}"
     for rel, (_, want) in sorted(files.items()):
         if _digest(step_dir / rel, algorithm) != want:
             return f"{rel} does not match its {algorithm} in the integrity record (changed after it was written)"
@@ -106,8 +104,23 @@ class IntegrityTemporaryPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
 
     async def finalize(self) -> None:
         if self.get_final().name.isdigit():
-            await asyncio.to_thread(write_record, Path(str(self.get())))
+            await asyncio.to_thread(write_record, as_path(self.get()))
         await super().finalize()
+
+
+class IntegrityCommitFilePath(ocp.path.atomicity.CommitFileTemporaryPath):
+    """The same record for a bucket (gs://), where Orbax writes a step in place and its commit file marks
+    it complete (object stores have no atomic directory rename)."""
+
+    async def finalize(self) -> None:
+        if self.get_final().name.isdigit():
+            await asyncio.to_thread(write_record, as_path(self.get()))
+        await super().finalize()
+
+
+def temporary_path_class(directory) -> type:
+    """The Orbax commit for a checkpoint directory: atomic rename locally; a commit file in a bucket."""
+    return IntegrityTemporaryPath if is_local(directory) else IntegrityCommitFilePath
 
 
 @dataclasses.dataclass

@@ -9,6 +9,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from gpt_jax.paths import as_path
+
 
 class StateTreeMismatchError(ValueError):
     """The checkpoint's arrays are not the ones the config's train state has (names or shapes)."""
@@ -36,7 +38,7 @@ def _flat(tree) -> dict[tuple[str, ...], tuple]:
 def saved_tree(step_dir: pathlib.Path) -> dict[tuple[str, ...], tuple] | None:
     """The saved state's {path: shape}, or None when its metadata cannot be read (integrity checks decide)."""
     try:
-        metadata = ocp.StandardCheckpointHandler().metadata(pathlib.Path(step_dir) / "state")
+        metadata = ocp.StandardCheckpointHandler().metadata(as_path(step_dir) / "state")
     except Exception:  # noqa: BLE001 - unreadable metadata is the corruption path's business, not ours
         return None
     return _flat(getattr(metadata, "tree", metadata))
@@ -47,7 +49,7 @@ def saved_abstract(step_dirs: list[pathlib.Path]) -> Any:
     `step_dirs` whose metadata reads: what a reader restores without rebuilding optimizer or task."""
     for step_dir in step_dirs:
         try:
-            metadata = ocp.StandardCheckpointHandler().metadata(pathlib.Path(step_dir) / "state")
+            metadata = ocp.StandardCheckpointHandler().metadata(as_path(step_dir) / "state")
         except Exception:  # noqa: BLE001 - try the next one; the restore names what is broken
             continue
         tree = getattr(metadata, "tree", metadata)
@@ -87,5 +89,5 @@ def check_compatible(abstract_state: Any, step_dir: pathlib.Path) -> None:
         raise StateTreeMismatchError(
             f"checkpoint {step_dir} holds another train state than this config builds ({problem}): the "
             "optimizer, task or PEFT method changed; use a new --workdir, or start a new run from its "
-            f"weights with --config.init_from={pathlib.Path(step_dir).parent.parent}"
+            f"weights with --config.init_from={as_path(step_dir).parent.parent}"
         )

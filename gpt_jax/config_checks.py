@@ -31,6 +31,9 @@ RANGES: dict[str, _Range] = {
     "model.d_ff": _at_least(1),
     "model.dropout": _unit,
     "model.norm_eps": _above(0),
+    "data.grain_workers": _at_least(0),
+    "data.packing_bins": _at_least(1),
+    "data.tokenizer_sample_chars": _at_least(1),
     "train.batch_size": _at_least(1),
     "train.num_steps": _at_least(1),
     "train.grad_accum": _at_least(1),
@@ -101,6 +104,7 @@ RESUMABLE_KEYS = {
     "gan.grid_every",  # how often a GAN writes its sample grid: reporting only
     "data.manual_dir",
     "data.tfds_dir",
+    "data.shards_dir",
     "task.patience",
     "task.early_stop_metric",
 }

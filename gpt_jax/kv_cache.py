@@ -33,6 +33,9 @@ class KVCache:
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
+    if hasattr(cfg, "init_kv"):  # another cache layout (gpt_jax.compression.kv_int8: int8 + scales)
+        return cfg.init_kv(batch, length)
+
     def zeros(shape):
         if cfg.scan_layers:
             return jnp.zeros((cfg.n_layer, *shape), cfg.compute_dtype)
@@ -40,6 +43,11 @@ def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
 
     g, k = cfg.kv_heads, cfg.head_dim
     return KVCache(k=zeros((batch, g, k, length)), v=zeros((batch, g, length, k)), index=jnp.zeros((), jnp.int32))
+
+
+def update_slice(cached, new, start):
+    """jax.lax.dynamic_update_slice, also into a quantized cache (one with `write`)."""
+    return cached.write(new, start) if hasattr(cached, "write") else jax.lax.dynamic_update_slice(cached, new, start)
 
 
 def reorder(cache: KVCache, rows_B: jax.Array) -> KVCache:

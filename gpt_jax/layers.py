@@ -27,8 +27,15 @@ def matmul(eqn: str, x, w, cfg: ModelConfig):
     bf16 operands + f32 accumulation is ~2x float32 on AVX-512 CPUs and the usual
     mixed precision on GPU/TPU; a bf16 *output* would be slower on CPU and lossier.
     """
+    if hasattr(w, "take_rows"):  # int8 weights (gpt_jax.compression.qtensor) are read inside their matmul
+        return w.einsum(eqn, x)
     dt = cfg.compute_dtype
     return jnp.einsum(eqn, x.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
+
+
+def take_rows(table, ids):
+    """jnp.take(table, ids, axis=0), also for an int8 table (gpt_jax.compression.qtensor)."""
+    return table.take_rows(ids) if hasattr(table, "take_rows") else jnp.take(table, ids, axis=0)
 
 
 class Dense(nn.Module):

@@ -13,11 +13,12 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+from gpt_jax.paths import Path, as_path, file_size, is_local
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def _tb_tag(key: str) -> str:
 
 def _parse_lines(path: Path) -> list[dict[str, Any]]:
     records = []
-    with open(path, encoding="utf-8") as f:
+    with path.open("r", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -67,7 +68,7 @@ def _parse_lines(path: Path) -> list[dict[str, Any]]:
 
 def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """All records of ``<workdir>/metrics.jsonl`` in file order ([] if absent)."""
-    path = Path(workdir) / METRICS_FILE
+    path = as_path(workdir) / METRICS_FILE
     return _parse_lines(path) if path.exists() else []
 
 
@@ -104,7 +105,7 @@ class MetricWriter:
         resume_step: int | None = None,
         tensorboard: bool = True,
     ) -> None:
-        self.workdir = Path(workdir)
+        self.workdir = as_path(workdir)
         self.path = self.workdir / METRICS_FILE
         self._active = jax.process_index() == 0
         self._file = None
@@ -113,11 +114,16 @@ class MetricWriter:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
-            if self.path.exists() and self.path.stat().st_size > 0:
-                os.replace(self.path, self.path.with_name(METRICS_FILE + ".old"))
+            if self.path.exists() and file_size(self.path) > 0:
+                self.path.replace(self.path.with_name(METRICS_FILE + ".old"))
         else:
             self._truncate_after(int(resume_step))
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run, closed by close()
+        if is_local(self.path):
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run, closed by close()
+        else:  # an object store cannot append: rewrite it, whole; the object appears when the run closes it
+            kept = _parse_lines(self.path) if self.path.exists() else []
+            self._file = self.path.open("w", encoding="utf-8")  # noqa: SIM115 - open for the run, closed by close()
+            self._file.writelines(json.dumps(r) + "\n" for r in kept)
         if tensorboard:
             SummaryWriter = _tensorboardx_writer()
 
@@ -132,9 +138,9 @@ class MetricWriter:
         # Rewritten even if nothing is dropped: that also removes a partial last line.
         kept = [r for r in _parse_lines(self.path) if int(r.get("step", -1)) <= step]
         tmp = self.path.with_name(METRICS_FILE + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with tmp.open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)  # atomic: a crash here leaves the old or the new file
+        tmp.replace(self.path)  # atomic: a crash here leaves the old or the new file
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Log ``metrics`` (python/numpy scalars; ``None`` values are dropped) at ``step``."""

@@ -6,13 +6,14 @@ import dataclasses
 import math
 from collections.abc import Callable
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from gpt_jax.attention import CausalSelfAttention, causal_mask
 from gpt_jax.config import ModelConfig
-from gpt_jax.layers import MLP, Norm, matmul, normal, sinusoidal_positions
+from gpt_jax.layers import MLP, Norm, matmul, normal, sinusoidal_positions, take_rows
 
 EMBED_STD = 0.02  # GPT-2's token/position embedding init
 
@@ -153,7 +154,11 @@ class GPT(nn.Module):
         token_embeds: bool = False,
     ):
         cfg, ext = self.cfg, extensions_of(self.cfg)
+        chex.assert_rank(ids_BxL, 2)  # trace-time: a clear error for a 1-D prompt or float "ids"
+        chex.assert_type(ids_BxL, int)
         b, l = ids_BxL.shape
+        if positions_BxL is not None:
+            chex.assert_equal_shape([ids_BxL, positions_BxL])
         if l > cfg.block_size and cfg.pos == "learned":
             raise ValueError(f"sequence length {l} exceeds model.block_size={cfg.block_size}; crop the input")
         start = 0 if cache is None else cache.index  # unpadded rows: positions are cache slots
@@ -172,8 +177,8 @@ class GPT(nn.Module):
             cfg.params_dtype,
         )
         if token_embeds:  # the token embeddings alone: a multimodal model puts image tokens among them
-            return jnp.take(wte, ids_BxL, axis=0).astype(jnp.float32)
-        x_BxLxD = jnp.take(wte, ids_BxL, axis=0) if embeds_BxLxD is None else embeds_BxLxD
+            return take_rows(wte, ids_BxL).astype(jnp.float32)
+        x_BxLxD = take_rows(wte, ids_BxL) if embeds_BxLxD is None else embeds_BxLxD
         x_BxLxD = x_BxLxD.astype(jnp.float32)
         if cfg.pos == "learned":
             wpe = self.param(
@@ -182,7 +187,7 @@ class GPT(nn.Module):
                 (cfg.block_size, cfg.n_embd),
                 cfg.params_dtype,
             )
-            x_BxLxD = x_BxLxD + jnp.take(wpe, positions_BxL, axis=0).astype(jnp.float32)
+            x_BxLxD = x_BxLxD + take_rows(wpe, positions_BxL).astype(jnp.float32)
         elif cfg.pos == "sinusoidal":
             # At the scale a learned table starts at (RMS 0.02): a unit-amplitude table is 35x the token
             # embeddings and swamps them (experiments/results/positions.md).

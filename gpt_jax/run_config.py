@@ -17,6 +17,7 @@ import ml_collections
 
 from gpt_jax import config_checks
 from gpt_jax.config import ModelConfig
+from gpt_jax.paths import is_local
 from gpt_jax.peft.legacy import migrate_config
 
 
@@ -171,7 +172,7 @@ def check_writable(workdir: pathlib.Path) -> None:
     """Fail before training, not at the first checkpoint, when the workdir cannot be written. A workdir
     that does not exist yet is not created here: its nearest existing parent is probed instead."""
     existing = workdir
-    while not existing.exists() and existing != existing.parent:
+    while is_local(existing) and not existing.exists() and existing != existing.parent:  # a bucket has no dirs
         existing = existing.parent
     try:
         probe = existing / f".write_probe.{os.getpid()}"
@@ -184,7 +185,11 @@ def check_writable(workdir: pathlib.Path) -> None:
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    """Write via a temporary file and rename, so a crash never leaves a half-written file (an object store
+    replaces an object whole: one write there)."""
+    if not is_local(path):
+        path.write_text(text)
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -212,8 +217,12 @@ def save_run(
         "pid": os.getpid(),
         "changes": {k: list(v) for k, v in (changes or {}).items()},
     }
-    with open(workdir / HISTORY_FILE, "a") as f:
-        f.write(json.dumps(record, default=str) + "\n")
+    line, history = json.dumps(record, default=str) + "\n", workdir / HISTORY_FILE
+    if not is_local(history):  # object stores cannot append: rewrite the (short) file
+        history.write_text((history.read_text() if history.exists() else "") + line)
+        return
+    with open(history, "a") as f:
+        f.write(line)
 
 
 def check_and_save(

@@ -21,12 +21,16 @@ import tqdm
 
 from gpt_jax import checkpoint_tree, config_checks, flops, run_config
 from gpt_jax import sharding as shd
-from gpt_jax.checkpoint import Checkpointer, checkpoint_dir, install_sigterm_handler, restore_target
+from gpt_jax.attention_kernels import check_kernel
+from gpt_jax.checkpoint import Checkpointer, checkpoint_dir, restore_target
+from gpt_jax.data import iterator_state
 from gpt_jax.early_stopping import EarlyStopping
 from gpt_jax.metrics import MetricWriter
 from gpt_jax.models import registry as models
 from gpt_jax.nonfinite import NonFiniteError, NonFiniteGuard
 from gpt_jax.optim import make_optimizer
+from gpt_jax.paths import as_path, is_local
+from gpt_jax.preemption import install_sigterm_handler
 from gpt_jax.tasks.registry import make_task
 from gpt_jax.train import (
     Optimizers,
@@ -53,15 +57,19 @@ def next_chunk(step: int, config: ml_collections.ConfigDict) -> int:
     return max(1, min(t.steps_per_call, min(bounds) - step))
 
 
-def restore_or_init(ckpt: Checkpointer, abstract, shardings, init):
+def restore_or_init(ckpt: Checkpointer, abstract, shardings, init, task=None):
     """(state, meta) from the newest usable checkpoint (a corrupt newer one is named, moved aside to
     <step>.corrupt and skipped), or (`init()`, None) when there is none. A checkpoint of another state
-    tree (a changed optimizer or task) is a config error, checked first, never taken for corruption."""
+    tree (a changed optimizer or task) is a config error, checked first, never taken for corruption.
+    A `task` with a sequential data stream gets the stream's saved position back too."""
     steps = ckpt.steps()
     if not steps:
         return init(), None
     checkpoint_tree.check_compatible_newest(abstract, [ckpt.directory / str(s) for s in reversed(steps)])
-    state, meta, _ = ckpt.restore_latest_good(restore_target(abstract, shardings))
+    items, box = iterator_state.restore_items(task)
+    iterator_state.check_saved(ckpt.directory / str(steps[-1]), items)
+    state, meta, _ = ckpt.restore_latest_good(restore_target(abstract, shardings), items)
+    iterator_state.apply(task, box)
     return state, meta
 
 
@@ -69,7 +77,7 @@ class Trainer:
     """Set-up shared by training and its tests: the task (data, model, loss), mesh, jitted steps, state."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, write: bool = True):
-        self.config, self.workdir = config, pathlib.Path(workdir)
+        self.config, self.workdir = config, as_path(workdir)
         shd.maybe_initialize_distributed()
         self.task = make_task(config, self.workdir)
         # An image-only task (a GAN) has no tokenizer: None, and nothing is saved for it.
@@ -178,8 +186,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     or written there: a second trainer on the same workdir is refused with WorkdirLockedError."""
     config_checks.validate(config)  # value ranges first: nothing is read or written for a bad config
     shd.maybe_initialize_distributed()  # process_index needs the cluster; only process 0 takes the lock
+    model = config.get("model") or {}
+    check_kernel(model.get("attention", "auto"), jax.default_backend(), model.get("dtype", "float32"))
     if jax.process_index() == 0:
-        run_config.check_writable(pathlib.Path(workdir))  # the lock file is the first write
+        run_config.check_writable(as_path(workdir))  # the lock file is the first write
     with WorkdirLock(workdir, enabled=jax.process_index() == 0):
         return _train_and_evaluate(config, workdir)
 
@@ -199,7 +209,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
         keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,
     )
-    state, meta = restore_or_init(ckpt, tr.abstract, tr.shardings, tr.init_state)
+    state, meta = restore_or_init(ckpt, tr.abstract, tr.shardings, tr.init_state, tr.task)
     step = int(jax.device_get(state.step))
     if meta is not None:
         log.info("resumed from step %d in %s", step, tr.workdir)
@@ -238,6 +248,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathli
         **{k: v for k, v in last.items() if k.startswith("val_") and k != "val_ppl"},
         "tokens_per_sec": steady,
         "mfu": steady * loop.flops_per_token / loop.peak if steady else None,
+        "mfu_attention": flops.MFU_ATTENTION,  # the causal-attention FLOPs convention of "mfu"
+        "mfu_causal": steady * loop.flops_causal / loop.peak if steady else None,
         "peak_flops": loop.peak,
         "wall_s": time.perf_counter() - t0,
         "devices": jax.device_count(),
@@ -263,6 +275,8 @@ def _write_summary(workdir: pathlib.Path, summary: dict) -> None:
 def check_free_space(directory: pathlib.Path, state_bytes: int, step: int) -> None:
     """Refuse a save the disk cannot hold before Orbax starts writing it (a failed write leaves only a
     temporary directory, but Orbax's threads fill the terminal with tracebacks on the way)."""
+    if not is_local(directory):  # a bucket has no free-space figure
+        return
     need = int(state_bytes * 1.25) + (1 << 20)  # + metadata, JSON, a margin
     free = shutil.disk_usage(directory if directory.exists() else directory.parent).free
     if free < need:
@@ -294,6 +308,13 @@ class _Loop:
         self.peak = (t.peak_flops or flops.device_peak_flops(getattr(cfg, "dtype", "float32"))) * jax.device_count()
         # forward + backward = 3x the family's forward FLOPs
         self.flops_per_token = 3 * tr.family.flops_per_token(cfg, tr.task.seq_len, tr.task.lm_head)
+        self.flops_causal = self.flops_per_token - 3 * flops.causal_discount(cfg, tr.task.seq_len)
+        log.info(
+            "MFU counts attention at %s length (%.4g train FLOPs/token; MaxText's causal count %.4g -> mfu_causal)",
+            flops.MFU_ATTENTION,
+            self.flops_per_token,
+            self.flops_causal,
+        )
         self.start_step = int(meta["step"]) if meta else 0
         self.state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tr.abstract))
         self.rates, self.last = [], None
@@ -304,7 +325,7 @@ class _Loop:
             if jax.process_index() == 0:
                 check_free_space(self.ckpt.directory, self.state_bytes, step)
             meta = {"step": step, "seed": self.config.seed, "nonfinite_skips": self.guard.skipped}
-            self.ckpt.maybe_save(step, state, meta, force=force)
+            self.ckpt.maybe_save(step, state, meta, force=force, items=iterator_state.save_items(self.tr.task))
 
     def run(self, state, step: int, stop_requested) -> tuple[Any, int, str]:
         tr, t, guard = self.tr, self.config.train, self.guard

@@ -12,7 +12,6 @@ Nothing is ever written to the workdir.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from gpt_jax.generation.multimodal import generate_multimodal
 from gpt_jax.generation.options import GenerateOptions, undecodable_ids
 from gpt_jax.models import registry as models
 from gpt_jax.models.vlm import VLMConfig
+from gpt_jax.paths import as_path
 from gpt_jax.workdir import load_state, read_run, read_run_file
 
 FAMILY = "vlm"
@@ -117,7 +117,7 @@ def load_vlm_run(workdir, *, step: int | None = None) -> VLMRun:
     read-only from its checkpoint (a VQA run keeps the LM's PEFT split and frozen sub-trees apart: they are
     recombined here as the task does)."""
     require_multimodal(workdir)
-    workdir = pathlib.Path(workdir)
+    workdir = as_path(workdir)
     config, base_cfg = read_run(workdir)
     method = peft.make_method(config.peft, config.train.num_steps)
     model_cfg = dataclasses.replace(base_cfg, lm=method.model_config(base_cfg.lm))

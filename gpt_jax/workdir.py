@@ -9,7 +9,6 @@ plain model params: the PEFT method recombines its trainable tree with the froze
 from __future__ import annotations
 
 import json
-import pathlib
 from typing import Any
 
 import jax
@@ -23,6 +22,7 @@ from gpt_jax.compression.stored import restore_params
 from gpt_jax.data.tokenizers import load_tokenizer
 from gpt_jax.models import registry as models
 from gpt_jax.models import vlm
+from gpt_jax.paths import as_path
 from gpt_jax.peft.legacy import migrate_config
 from gpt_jax.train import opt_state_shardings, param_shardings
 
@@ -30,7 +30,7 @@ from gpt_jax.train import opt_state_shardings, param_shardings
 def read_run_file(workdir, name: str) -> dict:
     """`<workdir>/<name>` parsed, or one clear error if the run never wrote it. config.json and
     model_config.json written by older code read as current ones (gpt_jax.peft.legacy)."""
-    path = pathlib.Path(workdir) / name
+    path = as_path(workdir) / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; --workdir must be a directory written by gpt_jax.main")
     try:
@@ -49,7 +49,7 @@ def read_run(workdir) -> tuple[ml_collections.ConfigDict, Any]:
 def load_state(workdir, model_cfg, family, *, step: int | None = None, mesh=None) -> dict:
     """The saved train state as a dict (params, frozen, opt_state, ...) on `mesh` (default: one device):
     model params sharded by the family's logical axes, the rest replicated."""
-    workdir = pathlib.Path(workdir)
+    workdir = as_path(workdir)
     if mesh is None:
         mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
     with Checkpointer(checkpoint_dir(workdir), save_every=0, read_only=True) as ckpt:
@@ -80,7 +80,7 @@ def load_run(workdir, *, step: int | None = None, mesh=None) -> tuple[ml_collect
 
 def load_run_at(workdir, *, step: int | None = None, mesh=None) -> tuple[ml_collections.ConfigDict, Any, Any, Any, int]:
     """load_run, and the step of the checkpoint it restored (the newest good one unless `step`)."""
-    workdir = pathlib.Path(workdir)
+    workdir = as_path(workdir)
     config, model_cfg = read_run(workdir)
     finetuned = (config.get("task") or {}).get("name", "lm") != "lm"
     if finetuned:  # the model runs with the PEFT method's modules (adapters, prefix), which are its own

@@ -14,6 +14,8 @@ stale by definition and simply taken over. The file is unlinked on release *whil
 taker checks that the path still names the inode it locked (else it retries), so unlinking cannot let
 two processes hold "the" lock. flock is honoured across hosts on local disks and NFSv4 (Linux maps it
 to a POSIX lock); a filesystem without locking gets a logged warning and no lock rather than no training.
+A gs:// (or s3://, az://) workdir has no file locks at all: it is not locked, with a logged warning;
+one trainer per bucket workdir is then the user's to ensure.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import fcntl
 import json
 import logging
 import os
-import pathlib
 import socket
+
+from gpt_jax.paths import as_path, is_local
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +63,11 @@ class WorkdirLock:
     """
 
     def __init__(self, workdir: str | os.PathLike[str], *, enabled: bool = True) -> None:
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = as_path(workdir)
         self.path = self.workdir / LOCK_FILE
-        self.enabled = enabled and "://" not in str(workdir)  # gs:// etc.: no POSIX locks there
+        self.enabled = enabled and is_local(self.workdir)  # gs:// etc.: no POSIX locks there
+        if enabled and not self.enabled:
+            log.warning("workdir %s is not on a local filesystem: not locked; run one trainer on it at a time", workdir)
         self._fd: int | None = None
         self._created_dir = False
 

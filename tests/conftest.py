@@ -71,3 +71,9 @@ def tiny_run(tmp_path_factory, tfds_cache):
     workdir = tmp_path_factory.mktemp("tiny_run")
     summary = train_and_evaluate(c, workdir)
     return c, workdir, summary
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "accelerator: needs a GPU or TPU (skips on CPU); benchmarks/device_check.sh runs them"
+    )

@@ -15,7 +15,8 @@ import pytest
 from jax.sharding import NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
-from gpt_jax.checkpoint import Checkpointer, abstract_like, install_sigterm_handler
+from gpt_jax.checkpoint import Checkpointer, abstract_like
+from gpt_jax.preemption import install_sigterm_handler
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -88,3 +88,16 @@ def test_existing_out_is_refused(tiny_run, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert compress.main(["quantize", f"--workdir={workdir}", f"--out={workdir}"]) == 2
     assert "overlaps" in capsys.readouterr().err
+
+
+def test_w8a8_workdir_evaluates_with_int8_activations(tiny_run, tmp_path):
+    _, workdir, _ = tiny_run
+    out = tmp_path / "w8a8"
+    assert compress.main(["quantize", f"--workdir={workdir}", f"--out={out}", "--bits=8", "--act_bits=8"]) == 0
+    fc = load_run(out)[2]["h_0"]["mlp"]["fc"]["kernel"]
+    assert isinstance(fc, QuantizedTensor) and fc.act_bits == 8
+    got, ref = evaluate_workdir(str(out))["val_loss"], evaluate_workdir(str(workdir))["val_loss"]
+    assert got != ref and abs(got - ref) < 0.05  # scored with the activation rounding, and close
+    bad = tmp_path / "bad"
+    assert compress.main(["quantize", f"--workdir={workdir}", f"--out={bad}", "--bits=4", "--act_bits=8"]) != 0
+    assert not bad.exists()

@@ -33,7 +33,8 @@ def test_in_process_and_http_agree():
                 base_url=url + "/v1/completions",
                 model=svc.name,
                 tokenizer_backend="remote",
-                max_length=svc.limits.window - 1,
+                max_length=svc.limits.window,  # lm-eval keeps max_length - 1 tokens, as GptJaxLM
+                custom_prefix_token_id=local.prefix_token_id,  # a char tokenizer has no eos: GptJaxLM's 0
             )
             pairs = [
                 ("Roof shingle removal: A man is sitting on a roof. he", " is ripping level tiles off."),
@@ -41,6 +42,9 @@ def test_in_process_and_http_agree():
             ]
             reqs = [(p, local.tok_encode(p[0]), local.tok_encode(p[1])) for p in pairs]
             assert local._loglikelihood_tokens(reqs) == remote._loglikelihood_tokens(reqs)  # bit for bit
+            # perplexity: the same rolling windows (3 of them at window 128) score the same over HTTP
+            doc = [type("Req", (), {"args": ("ROMEO: What light through yonder window breaks? " * 6,)})()]
+            assert local.loglikelihood_rolling(doc) == remote.loglikelihood_rolling(doc)
             a = lm_eval_lm.evaluate(local, ["hellaswag_local"], 3, include)
             b = lm_eval_lm.evaluate(remote, ["hellaswag_local"], 3, include)
         assert a == b and a["hellaswag_local"]["sample_len"] == 3, (a, b)

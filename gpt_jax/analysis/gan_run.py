@@ -14,12 +14,13 @@ from gpt_jax.analysis import digit_eval, gan_samples
 from gpt_jax.checkpoint import Checkpointer, checkpoint_dir
 from gpt_jax.data.images import load_image_splits
 from gpt_jax.models import registry as models
+from gpt_jax.paths import as_path
 
 EVAL_SEED = 2024  # the noise and labels of the scored samples (not the grids')
 
 
 def is_gan(workdir) -> bool:
-    path = pathlib.Path(workdir) / "config.json"
+    path = as_path(workdir) / "config.json"
     return path.is_file() and (json.loads(path.read_text()).get("task") or {}).get("name") == "gan"
 
 
@@ -29,7 +30,7 @@ def require_gan(workdir) -> None:
 
 
 def checkpoint_steps(workdir) -> list[int]:
-    with Checkpointer(checkpoint_dir(pathlib.Path(workdir)), save_every=0, read_only=True) as ckpt:
+    with Checkpointer(checkpoint_dir(workdir), save_every=0, read_only=True) as ckpt:
         return ckpt.steps()
 
 

@@ -12,12 +12,14 @@ import json
 import pathlib
 from collections.abc import Iterable, Sequence
 
+from gpt_jax.paths import as_path
+
 METRICS_FILE = "metrics.jsonl"  # gpt_jax.metrics.METRICS_FILE; not imported, so this needs no jax
 
 
 def read_records(workdir: str | pathlib.Path) -> list[dict]:
     """The records of `<workdir>/metrics.jsonl` ([] if absent); a torn last line is skipped."""
-    path = pathlib.Path(workdir) / METRICS_FILE
+    path = as_path(workdir) / METRICS_FILE
     if not path.exists():
         return []
     records = []

@@ -1,8 +1,9 @@
 """Compress a trained run into a new workdir (the source is never modified; the output appears whole):
 
   python -m gpt_jax.compress quantize --workdir=W --out=W8 --bits=8 [--group_size=64] [--method=absmax|gptq]
+                                      [--act_bits=8]
   python -m gpt_jax.compress prune --workdir=W --out=WP --sparsity=0.5 [--pattern=2:4] [--scope=layer|global]
-                                   [--finetune_steps=N] [--finetune_lr=3e-4]
+                                   [--finetune_steps=N] [--finetune_lr=3e-4] [--gradual_steps=M --mask_every=k]
 
 The output loads in sample, chat, evaluate and generation like any run. Prints one JSON line.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import shutil
 import sys
 import time
@@ -25,6 +25,7 @@ from gpt_jax.compression import quantize as quant_lib
 from gpt_jax.compression import stored
 from gpt_jax.compression.calibrate import collect_hessians
 from gpt_jax.compression.finetune import finetune
+from gpt_jax.compression.gradual import GradualSchedule
 from gpt_jax.compression.prune_task import finetune_config
 from gpt_jax.workdir import load_run_at
 
@@ -38,6 +39,9 @@ QUANTIZE = COMMON + [
     flags.Flag("group_size", int, 0, "input features per scale; 0: one scale per output channel"),
     flags.Flag("method", str, "absmax", "absmax | gptq (calibrated on the run's training data)"),
     flags.Flag("calibration_windows", int, 128, "gptq: training windows of block_size tokens"),
+    flags.Flag(
+        "act_bits", int, 0, "8: W8A8 (activations quantized per token at run time; needs --bits=8, per channel)"
+    ),
 ]
 PRUNE = COMMON + [
     flags.Flag("sparsity", float, None, "fraction of each matrix's weights set to zero, in [0, 1)"),
@@ -45,12 +49,14 @@ PRUNE = COMMON + [
     flags.Flag("scope", str, "layer", "unstructured: layer (per matrix) | global (one threshold)"),
     flags.Flag("finetune_steps", int, 0, "masked fine-tune steps on the run's training data (0: none)"),
     flags.Flag("finetune_lr", float, 3e-4, "fine-tune peak learning rate (cosine to a tenth)"),
+    flags.Flag("gradual_steps", int, 0, "prune gradually (cubic ramp 0 -> sparsity) over the first N fine-tune steps"),
+    flags.Flag("mask_every", int, 10, "gradual: recompute the masks every k steps"),
 ]
 
 
 def _source(workdir):
     config, model_cfg, params, _, step = load_run_at(workdir)
-    if (config.get("task") or {}).get("name", "lm") != "lm":
+    if (config.get("task") or {}).get("name", "lm") not in ("lm", "qat"):
         raise ValueError(f"--workdir={workdir} is a {config.task.name} run; compression takes language-model runs")
     if stored.quant_record(workdir) is not None:
         raise ValueError(f"--workdir={workdir} is already quantized; compress the float run")
@@ -61,7 +67,7 @@ def calibration_windows(config, workdir, n: int) -> np.ndarray:
     """`n` training windows [n, block_size] of the run's own task (its training data, its batch order)."""
     from gpt_jax.tasks.registry import make_task  # lazy: builds the dataset, only GPTQ needs it
 
-    task = make_task(config, pathlib.Path(workdir))
+    task = make_task(config, workdir)  # make_task keeps a gs:// workdir intact
     per_step = config.train.batch_size
     got = task.train_batches(0, -(-n // per_step), 0, 1)["inputs"]
     return got.reshape(-1, got.shape[-1])[:n]
@@ -70,6 +76,10 @@ def calibration_windows(config, workdir, n: int) -> np.ndarray:
 def quantize(argv: Sequence[str]) -> int:
     _, v = flags.parse(argv, QUANTIZE, usage=USAGE)
     spec = quant_lib.QuantSpec(v["bits"], v["group_size"], v["method"])
+    if v["act_bits"] not in (0, 8) or (v["act_bits"] and (spec.bits != 8 or spec.group_size)):
+        raise ValueError(
+            f"--act_bits={v['act_bits']}: use 0, or 8 with --bits=8 and per-channel scales (no --group_size)"
+        )
     src, dst = stored.check_paths(v["workdir"], v["out"])
     t0 = time.perf_counter()
     config, model_cfg, params, step = _source(src)
@@ -80,6 +90,8 @@ def quantize(argv: Sequence[str]) -> int:
         hessians = collect_hessians(model_cfg, params, windows)
     stored_params, records = quant_lib.quantize_params(params, spec, hessians)
     record = {"bits": spec.bits, "group_size": spec.group_size, "method": spec.method, "source": str(src)}
+    if v["act_bits"]:
+        record["act_bits"] = v["act_bits"]
     if spec.method == "gptq":
         record["calibration_windows"] = int(v["calibration_windows"])
     stored.write_workdir(src, dst, stored_params, step, {stored.QUANT_FILE: {**record, "matrices": records}})
@@ -95,12 +107,21 @@ def prune(argv: Sequence[str]) -> int:
         raise ValueError(f"--scope={v['scope']!r} is not one of {list(prune_lib.SCOPES)}")
     if v["finetune_steps"] < 0:
         raise ValueError(f"--finetune_steps={v['finetune_steps']} must be >= 0")
+    if v["gradual_steps"]:
+        if not 0 < v["gradual_steps"] <= v["finetune_steps"]:
+            raise ValueError(f"--gradual_steps={v['gradual_steps']} must be in [1, --finetune_steps]")
+        GradualSchedule(sparsity, v["gradual_steps"], v["mask_every"])  # its one-line errors, before any work
+        if v["pattern"] or v["scope"] != "layer":
+            raise ValueError("--gradual_steps prunes unstructured per matrix: drop --pattern / --scope=global")
     src, dst = stored.check_paths(v["workdir"], v["out"])
     t0 = time.perf_counter()
     config, _, params, step = _source(src)
-    masks = prune_lib.magnitude_masks(params, sparsity, scope=v["scope"], pattern=v["pattern"] or None)
-    params = prune_lib.apply_masks(params, masks)
+    if not v["gradual_steps"]:
+        masks = prune_lib.magnitude_masks(params, sparsity, scope=v["scope"], pattern=v["pattern"] or None)
+        params = prune_lib.apply_masks(params, masks)
     record = {"sparsity": sparsity, "pattern": v["pattern"], "scope": v["scope"], "source": str(src)}
+    if v["gradual_steps"]:
+        record["gradual"] = {"steps": v["gradual_steps"], "mask_every": v["mask_every"], "schedule": "cubic"}
     if v["finetune_steps"]:
         scratch = dst.parent / f".{dst.name}.finetune-{os.getpid()}"
         ft = finetune_config(
@@ -110,6 +131,8 @@ def prune(argv: Sequence[str]) -> int:
             scope=v["scope"],
             steps=v["finetune_steps"],
             lr=v["finetune_lr"],
+            gradual_steps=v["gradual_steps"],
+            mask_every=v["mask_every"],
         )
         try:
             params, summary = finetune(src, scratch, ft)

@@ -20,6 +20,7 @@ import pathlib
 import sys
 
 from gpt_jax.cli import flags
+from gpt_jax.paths import as_path, is_local
 from gpt_jax.safety import Safety
 from gpt_jax.serving.batcher import Limits
 
@@ -77,7 +78,8 @@ def build(values: dict):
     config, cfg, params, tok = workdir_lib.load_run(values["workdir"])
     task = config.get("task") or {}
     template = values["template"] or (task.get("template", "plain") if task.get("name") == "sft" else "plain")
-    name = values["model_name"] or pathlib.Path(values["workdir"]).resolve().name
+    wd = values["workdir"]
+    name = values["model_name"] or (pathlib.Path(wd).resolve() if is_local(wd) else as_path(wd)).name
     return Service(
         name,
         cfg,

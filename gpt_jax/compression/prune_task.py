@@ -1,5 +1,6 @@
 """The pruned fine-tune: a wrapper task around LMTask that starts from a source run's weights pruned by
-magnitude and trains them with `prune.masked` (masks in the optimizer state: saved, resumed).
+magnitude and trains them with `prune.masked` (masks in the optimizer state: saved, resumed), or with
+prune.gradual_steps > 0 starts dense and prunes on a schedule (gpt_jax.compression.gradual).
 
 Config: the source run's own config.json with task.name = "prune" and a `prune` section
 {source, sparsity, pattern, scope}; `finetune_config` builds it, gpt_jax.compression.finetune runs it.
@@ -12,17 +13,19 @@ import pathlib
 import jax
 import ml_collections
 
+from gpt_jax.compression.gradual import GradualSchedule, gradual_masked
 from gpt_jax.compression.prune import apply_masks, check_sparsity, magnitude_masks, masked
 from gpt_jax.compression.stored import quant_record
+from gpt_jax.tasks.base import OnLMBatches
 from gpt_jax.tasks.lm import LMTask
 from gpt_jax.workdir import load_run, read_run_file
 
 
-class PruneTask:
+class PruneTask(OnLMBatches):
     name = "prune"
 
-    def __init__(self, lm: LMTask, params, masks):
-        self.lm, self.params, self.masks = lm, params, masks
+    def __init__(self, lm: LMTask, params, masks, schedule: GradualSchedule | None = None):
+        self.lm, self.params, self.masks, self.schedule = lm, params, masks, schedule
         self.config, self.tokenizer, self.model_cfg = lm.config, lm.tokenizer, lm.model_cfg
         self.family, self.seq_len, self.lm_head = lm.family, lm.seq_len, lm.lm_head
 
@@ -36,6 +39,11 @@ class PruneTask:
         lm = LMTask.from_config(lm_config, workdir)
         params = load_run(p.source)[2]
         sparsity = check_sparsity(p.get("sparsity"), p.get("pattern") or None)
+        if p.get("gradual_steps", 0):  # dense start; the masks grow on the schedule inside the optimizer
+            if p.get("pattern") or p.get("scope", "layer") != "layer":
+                raise ValueError("--gradual_steps prunes unstructured per matrix: drop --pattern / --scope=global")
+            schedule = GradualSchedule(sparsity, int(p.gradual_steps), int(p.get("mask_every", 10)))
+            return cls(lm, params, None, schedule)
         masks = magnitude_masks(params, sparsity, scope=p.get("scope", "layer"), pattern=p.get("pattern") or None)
         return cls(lm, apply_masks(params, masks), masks)
 
@@ -53,24 +61,30 @@ class PruneTask:
         return self.lm.metrics()
 
     def wrap_optimizer(self, tx):
+        if self.schedule is not None:
+            return gradual_masked(tx, self.schedule, self.params)
         return masked(tx, self.masks)
-
-    def train_batches(self, step, k, process_index, process_count):
-        return self.lm.train_batches(step, k, process_index, process_count)
-
-    def eval_batches(self, process_index, process_count):
-        return self.lm.eval_batches(process_index, process_count)
 
     def finish(self, trainer, state, workdir, best_state=None):
         return {}
 
 
-def finetune_config(source, *, sparsity, pattern, scope, steps: int, lr: float) -> ml_collections.ConfigDict:
-    """The source run's config turned into a short masked fine-tune of its pruned weights."""
+def finetune_config(
+    source, *, sparsity, pattern, scope, steps: int, lr: float, gradual_steps: int = 0, mask_every: int = 10
+) -> ml_collections.ConfigDict:
+    """The source run's config turned into a short masked fine-tune of its pruned weights (gradual_steps > 0:
+    of its dense weights, pruned on the gradual schedule during the first gradual_steps updates)."""
     config = ml_collections.ConfigDict(read_run_file(source, "config.json"))
     config.task.name = "prune"
     config.prune = ml_collections.ConfigDict(
-        {"source": str(source), "sparsity": sparsity, "pattern": pattern or "", "scope": scope}
+        {
+            "source": str(source),
+            "sparsity": sparsity,
+            "pattern": pattern or "",
+            "scope": scope,
+            "gradual_steps": gradual_steps,
+            "mask_every": mask_every,
+        }
     )
     t, o = config.train, config.optim
     t.num_steps, t.eval_every = steps, steps

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import flax
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -82,21 +83,38 @@ def unpack_int4(packed, xp=np):
     return xp.stack([low, high], axis=1).reshape(2 * r, o)
 
 
+# Rows of activations up to which a quantized matmul reads the int8 weight inside the dot (batch-1
+# decoding); above it the weight is dequantized and the dot is a GEMM (measured at the GPT-2 shape: the
+# fused int8 loop is 0.66x float32 at 4 rows, 0.55x at 16; experiments/results/compression.md).
+FUSED_MAX_ROWS = 1
+
+
+def materialized(x):
+    """x, computed before the op that reads it: XLA's CPU backend would otherwise fuse x's producers (the
+    layer norm, the embedding gather) into the fused int8 dot loop and recompute them for every output
+    feature. A sum with zeros is exact and a reduce is never fused into its consumer (jax 0.10.2)."""
+    return jnp.sum(jnp.stack([x, jnp.zeros_like(x)], -1), -1)
+
+
 @flax.struct.dataclass
 class QuantizedTensor:
-    """An int8 weight kept int8 in memory: `q` has the float weight's shape, `scale` one float per output
-    feature, shaped to broadcast against q (1 on the input axes).
+    """A per-output-channel int8 weight kept int8 in memory, standing where the float param stood.
 
-    It stands where the float kernel stood in the params tree: gpt_jax.layers.matmul reads a kernel as
-    `w.astype(compute_dtype)`, which here is q * scale inside the jitted program (flax's param shape
-    check sees q's shape first), so no model code changes. Whether the dequantize fuses into the dot is
-    the backend's choice: XLA's CPU backend hoists it out of the decode loop instead (measured in
-    experiments/results/compression.md), so there int8 saves memory between calls, not decode time. Only 2-D views of the kernel that keep the input axis first are supported
-    (the decode path's `kernel.reshape(D, -1)`).
+    `q` has the float param's shape (flax checks it) but holds the *output-major* bytes: each output
+    feature's inputs are contiguous ([O, I] for a kernel [I, O]; the tables wte/wpe are [O, I] already).
+    On XLA's CPU backend that layout lets a batch-1 matmul read the int8 weight inside the dot
+    (`x @ q_OxI.T.astype(f32)` is one fused loop over the int8 bytes, 4x fewer bytes than float32),
+    where the input-major layout or an einsum form materializes a float copy first. Measured: 3-4x float32
+    per matmul alone, but only ~1.0x for a whole batch-1 decode (experiments/results/compression.md). `scale` is float32
+    [O]. gpt_jax.layers.matmul and take_rows hand a QuantizedTensor its `einsum` / `take_rows`.
+    `act_bits=8`: W8A8, the activations quantized per row (token) to int8 too (int8 x int8 -> int32).
     """
 
     q: jnp.ndarray
     scale: jnp.ndarray
+    n_in: int = flax.struct.field(pytree_node=False, default=1)  # leading input axes of the float param
+    transposed: bool = flax.struct.field(pytree_node=False, default=False)  # the float param is [O, I]
+    act_bits: int = flax.struct.field(pytree_node=False, default=0)
 
     @property
     def shape(self):
@@ -110,22 +128,83 @@ class QuantizedTensor:
     def dtype(self):
         return jnp.dtype(jnp.float32)  # what it stands for
 
+    def _split(self, shape=None):
+        """(input dims, output dims) of the float param."""
+        shape = self.q.shape if shape is None else shape
+        if self.transposed:
+            return shape[1:], shape[:1]
+        return shape[: self.n_in], shape[self.n_in :]
+
+    def matrix_OxI(self):
+        ins, outs = self._split()
+        return self.q.reshape(math.prod(outs), math.prod(ins))
+
     def astype(self, dtype):
-        return self.q.astype(dtype) * self.scale.astype(dtype)
+        """The float param (the whole weight dequantized)."""
+        w_OxI = self.matrix_OxI().astype(dtype) * self.scale.astype(dtype)[:, None]
+        if self.transposed:
+            return w_OxI
+        ins, outs = self._split()
+        return w_OxI.T.reshape(tuple(ins) + tuple(outs))
 
     def reshape(self, *shape):
-        shape = tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
-        q = self.q.reshape(shape)
-        n_in = sum(1 for s in self.scale.shape if s == 1)
-        if q.shape[0] != self.q.shape[0] or n_in != 1:
+        """A view that keeps the input axes' size (the decode path's `kernel.reshape(D, -1)`)."""
+        shape = tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else tuple(shape)
+        ins, _ = self._split()
+        n_in = math.prod(ins)
+        if -1 in shape:
+            known = math.prod(s for s in shape if s != -1)
+            shape = tuple(self.q.size // known if s == -1 else s for s in shape)
+        k = next((k for k in range(len(shape) + 1) if math.prod(shape[:k]) == n_in), None)
+        if self.transposed or k is None or math.prod(shape) != self.q.size:
             raise ValueError(f"QuantizedTensor of shape {self.q.shape} cannot be viewed as {shape}")
-        return QuantizedTensor(q, self.scale.reshape((1,) + q.shape[1:]))
+        return self.replace(q=self.q.reshape(shape), n_in=k)
+
+    def einsum(self, eqn: str, x):
+        """jnp.einsum(eqn, x, float weight) in float32, reading the int8 weight (see the class doc)."""
+        lhs, rs = eqn.replace(" ", "").split("->")
+        xs, ws = lhs.split(",")
+        ins, outs = self._split()
+        n_out = len(outs)
+        w_in, w_out = (ws[n_out:], ws[:n_out]) if self.transposed else (ws[: self.n_in], ws[self.n_in :])
+        batch = xs.replace("...", "").translate({ord(c): None for c in w_in})
+        x_lead = x.ndim - len(xs.replace("...", ""))  # dims under "..."
+        # x as [M, I]: its batch dims first (in its own order), the contracted dims last, in the weight's order
+        perm = list(range(x_lead)) + [x_lead + xs.replace("...", "").index(c) for c in batch + w_in]
+        x_t = jnp.transpose(x, perm)
+        lead_shape = x_t.shape[: x.ndim - len(w_in)]
+        x_MxI = x_t.reshape(-1, math.prod(ins)).astype(jnp.float32)
+        y_MxO = self._matmul(x_MxI)
+        y = y_MxO.reshape(tuple(lead_shape) + tuple(outs))
+        ell = "..." if "..." in xs else ""
+        return jnp.einsum(f"{ell}{batch}{w_out}->{rs}", y)
+
+    def _matmul(self, x_MxI):
+        q_OxI = self.matrix_OxI()
+        if self.act_bits:  # W8A8: per-row dynamic scales, int8 x int8 -> int32
+            sx_Mx1 = jnp.maximum(jnp.abs(x_MxI).max(-1, keepdims=True), 1e-12) / 127.0
+            xq_MxI = jnp.clip(jnp.round(x_MxI / sx_Mx1), -127, 127).astype(jnp.int8)
+            if x_MxI.shape[0] <= FUSED_MAX_ROWS:
+                q_OxI, xq_MxI = jax.lax.optimization_barrier((q_OxI, materialized(xq_MxI)))
+            acc = jax.lax.dot_general(xq_MxI, q_OxI, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
+            return acc.astype(jnp.float32) * sx_Mx1 * self.scale.astype(jnp.float32)
+        if x_MxI.shape[0] > FUSED_MAX_ROWS:
+            return x_MxI @ (q_OxI.astype(jnp.float32) * self.scale.astype(jnp.float32)[:, None]).T
+        # Tie the weight to this call's activations: otherwise XLA hoists the (loop-invariant) int8 -> float
+        # convert out of the decode loop and every step reads a float copy (measured: 0.85-0.97x float32).
+        q_OxI, x_MxI = jax.lax.optimization_barrier((q_OxI, materialized(x_MxI)))
+        return (x_MxI @ q_OxI.T.astype(jnp.float32)) * self.scale.astype(jnp.float32)
+
+    def take_rows(self, ids):
+        """Rows of a quantized table (wte/wpe: one scale per row), float32."""
+        if not self.transposed:
+            raise ValueError("take_rows reads a table quantized per row (wte/wpe)")
+        return jnp.take(self.q, ids, axis=0).astype(jnp.float32) * jnp.take(self.scale, ids, axis=0)[..., None]
 
 
-def int8_tensor(q_IxO, scale_1xO, shape: tuple[int, ...], n_in: int) -> QuantizedTensor:
-    """The QuantizedTensor of a per-channel int8 matrix stored in the canonical view."""
-    out_shape = shape[n_in:]
-    assert math.prod(shape[:n_in]) == q_IxO.shape[0]
-    return QuantizedTensor(
-        jnp.asarray(q_IxO).reshape(shape), jnp.asarray(scale_1xO).reshape((1,) * n_in + tuple(out_shape))
-    )
+def int8_tensor(q_IxO, scale_1xO, shape: tuple[int, ...], n_in: int, transposed: bool = False, act_bits: int = 0):
+    """The QuantizedTensor of a per-channel int8 matrix stored in the canonical [I, O] view."""
+    q_OxI = np.ascontiguousarray(np.asarray(q_IxO).T)
+    assert q_OxI.size == math.prod(shape)
+    scale = jnp.asarray(np.asarray(scale_1xO, np.float32).reshape(-1))
+    return QuantizedTensor(jnp.asarray(q_OxI.reshape(shape)), scale, n_in, transposed, act_bits)

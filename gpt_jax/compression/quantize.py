@@ -3,9 +3,9 @@
 Stored (in the checkpoint's params tree): each weight matrix becomes {"q": int8 [I, O] (int4: uint8
 [I / 2, O], two values a byte), "scale": float16 [I / group, O]} in its canonical view (qtensor);
 quantization.json (gpt_jax.compression.stored) records the shapes. In memory (`restore`): per-channel
-int8 matrices stay int8 as QuantizedTensor (dequantized inside the jitted program, where a backend
-can fuse it into the matmul: batch-1 decoding is bound by weight bytes); grouped int8, int4 and the tables wte/wpe
-(read by a gather too) are dequantized to float32 once at load.
+int8 matrices (the tables wte/wpe too: one scale per row serves the gather and the tied head) stay int8
+as QuantizedTensor, read inside each matmul (batch-1 decoding is bound by weight bytes); grouped int8
+and int4 are dequantized to float32 once at load.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def dequantized_matrix(stored: dict, record: dict, bits: int) -> np.ndarray:
     return m.unview(w_IxO)
 
 
-def restore(stored_params, records: dict, bits: int) -> dict:
-    """The in-memory params of a stored quantized tree (see the module docstring)."""
+def restore(stored_params, records: dict, bits: int, act_bits: int = 0) -> dict:
+    """The in-memory params of a stored quantized tree (see the module docstring); act_bits=8: W8A8."""
     leaves = flat(stored_params)
     groups: dict[tuple[str, ...], dict] = {}
     for path, v in leaves.items():
@@ -81,15 +81,19 @@ def restore(stored_params, records: dict, bits: int) -> dict:
     out = {p: v for p, v in leaves.items() if p[:-1] not in groups}
     for path, stored in groups.items():
         record = records["/".join(path)]
-        per_channel = bits == 8 and np.shape(stored["scale"])[0] == 1 and not record["transposed"]
+        per_channel = bits == 8 and np.shape(stored["scale"])[0] == 1
         if per_channel:
-            out[path] = qtensor.int8_tensor(stored["q"], stored["scale"], tuple(record["shape"]), record["n_in"])
+            shape, n_in, transposed = tuple(record["shape"]), record["n_in"], record["transposed"]
+            q, scale = jax.device_get((stored["q"], stored["scale"]))
+            out[path] = qtensor.int8_tensor(q, scale, shape, n_in, transposed, act_bits)
         else:
             out[path] = jnp.asarray(dequantized_matrix(jax.device_get(stored), record, bits))
     return unflat(out)
 
 
 def dequantize_tree(params):
-    """Every QuantizedTensor in `params` as its float32 array (for code that wants plain params)."""
+    """Every weight-only QuantizedTensor in `params` as its float32 array (for code that wants plain
+    params: the same products). W8A8 tensors stay: their activation rounding is part of the model."""
     is_q = lambda x: isinstance(x, qtensor.QuantizedTensor)
-    return jax.tree.map(lambda x: x.astype(jnp.float32) if is_q(x) else x, params, is_leaf=is_q)
+    plain = lambda x: x.astype(jnp.float32) if is_q(x) and not x.act_bits else x
+    return jax.tree.map(plain, params, is_leaf=is_q)

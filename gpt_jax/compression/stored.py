@@ -18,6 +18,7 @@ import numpy as np
 
 from gpt_jax.checkpoint import Checkpointer, checkpoint_dir
 from gpt_jax.compression import quantize
+from gpt_jax.paths import as_path, is_local
 
 QUANT_FILE = "quantization.json"
 COPIED = ("config.json", "model_config.json", "tokenizer.json")
@@ -25,7 +26,12 @@ COPIED = ("config.json", "model_config.json", "tokenizer.json")
 
 def check_paths(workdir, out) -> tuple[pathlib.Path, pathlib.Path]:
     """(source, output) paths, refused before any work if the output exists or overlaps the source."""
-    src, dst = pathlib.Path(workdir).resolve(), pathlib.Path(out).resolve()
+    if not is_local(out):
+        raise ValueError(
+            f"--out={out} is not a local directory; compress writes locally (atomic rename), copy it after"
+        )
+    src = pathlib.Path(workdir).resolve() if is_local(workdir) else as_path(workdir)
+    dst = pathlib.Path(out).resolve()
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"{src}/config.json not found; --workdir must be a run written by gpt_jax.main")
     if dst == src or src in dst.parents or dst in src.parents:
@@ -71,11 +77,11 @@ PRUNE_FILE = "pruning.json"
 
 def is_compressed(workdir) -> bool:
     """A workdir written by gpt_jax.compress: its checkpoint holds params only (no optimizer state)."""
-    return any((pathlib.Path(workdir) / name).is_file() for name in (QUANT_FILE, PRUNE_FILE))
+    return any((as_path(workdir) / name).is_file() for name in (QUANT_FILE, PRUNE_FILE))
 
 
 def quant_record(workdir) -> dict | None:
-    path = pathlib.Path(workdir) / QUANT_FILE
+    path = as_path(workdir) / QUANT_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -85,7 +91,7 @@ def restore_params(workdir, params):
     record = quant_record(workdir)
     if record is None:
         return params
-    return quantize.restore(params, record["matrices"], record["bits"])
+    return quantize.restore(params, record["matrices"], record["bits"], record.get("act_bits", 0))
 
 
 def weight_bytes(workdir) -> int:

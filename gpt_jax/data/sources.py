@@ -5,6 +5,10 @@
     prepared once to array_record under `data_dir`, no TensorFlow needed;
   - 'tfds:<name>[/<config>][:<version>]' (e.g. 'tfds:tiny_shakespeare', 'tfds:lm1b'): TFDS's own
     builders, which need TensorFlow (`pip install "gpt_jax[tf]"`) and usually the internet.
+
+`load_text_splits` holds a split as one string (the random-window sampler's small corpora); it refuses a
+split over MAX_JOINED_CHARS. Larger corpora stream document by document (`stream_tfds_text`,
+gpt_jax.data.documents) into token shards (data.pipeline='grain').
 """
 
 from __future__ import annotations
@@ -13,16 +17,18 @@ import logging
 import os
 import pathlib
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import tensorflow_datasets as tfds
 
 import gpt_jax.data.text_builder as text_builder
+from gpt_jax.paths import as_path
 
 MANUAL_DIR_ENV = "GPT_JAX_DATA_DIR"
 TFDS_DIR_ENV = "GPT_JAX_TFDS_DIR"
 TFDS_PREFIX = "tfds:"
 SPLITS = ("train", "validation")
+MAX_JOINED_CHARS = 1 << 30  # a split held as one string; beyond it, data.pipeline='grain' streams it
 
 # Repo root = parent of the `gpt_jax` package dir. CI and developer checkouts keep the offline
 # datasets beside it, in <repo>/../shared/data.
@@ -92,7 +98,7 @@ def resolve_tfds_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
     """Where prepared TFDS data is cached: `data_dir`, else $GPT_JAX_TFDS_DIR, else
     ~/.cache/gpt_jax/tfds."""
     chosen = data_dir or os.environ.get(TFDS_DIR_ENV) or _DEFAULT_TFDS_DIR
-    return pathlib.Path(chosen).expanduser()
+    return as_path(chosen)  # a gs:// data_dir stays one (TFDS reads buckets itself)
 
 
 def load_text_splits(
@@ -109,9 +115,20 @@ def load_text_splits(
 
 
 def _load_local(dataset: str, manual_dir: pathlib.Path, data_dir: pathlib.Path) -> dict[str, str]:
-    source_md5 = text_builder.file_md5(manual_dir / text_builder.CORPORA[dataset].relative_path)
-    builder = prepare_builder(text_builder.GptJaxText, dataset, data_dir, manual_dir, source_md5)
+    builder = _prepared_local(dataset, manual_dir, data_dir)
     return {split: text_builder.read_split_text(builder, split) for split in SPLITS}
+
+
+def _prepared_local(dataset: str, manual_dir: pathlib.Path, data_dir: pathlib.Path) -> text_builder.GptJaxText:
+    source_md5 = text_builder.file_md5(manual_dir / text_builder.CORPORA[dataset].relative_path)
+    return prepare_builder(text_builder.GptJaxText, dataset, data_dir, manual_dir, source_md5)
+
+
+def local_builder(
+    dataset: str, *, manual_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None
+) -> text_builder.GptJaxText:
+    """A local corpus's prepared builder (its records read one at a time by the shard writer)."""
+    return _prepared_local(dataset, resolve_manual_dir(manual_dir, dataset=dataset), resolve_tfds_dir(data_dir))
 
 
 def prepare_builder(
@@ -173,7 +190,24 @@ def _cache_problem(builder: tfds.core.DatasetBuilder, source_md5: str) -> str | 
 
 
 def _load_tfds_builtin(name: str, data_dir: pathlib.Path, text_feature: str) -> dict[str, str]:
-    """TFDS's own text datasets. Their builders and `tfds.load` need TensorFlow."""
+    """TFDS's own text datasets, each split streamed and joined (one example = one document/sentence;
+    newlines keep them apart in the token stream), refusing a split over MAX_JOINED_CHARS."""
+    return {
+        split: _join_bounded(name, split, stream_tfds_text(name, split, data_dir, text_feature)) for split in SPLITS
+    }
+
+
+def stream_tfds_text(name: str, split: str, data_dir: pathlib.Path, text_feature: str) -> Iterator[str]:
+    """The `text_feature` of each example of a TFDS split, one at a time. A split prepared as array_record
+    is read without TensorFlow; otherwise `tfds.load` (needs TF), which streams. Datasets without a
+    validation split (lm1b) give their test split for 'validation'."""
+    builder = tfds.builder(name, data_dir=str(data_dir))
+    if builder.is_prepared() and builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+        split = split if split != "validation" or "validation" in builder.info.splits else "test"
+        source = builder.as_data_source(split=split)
+        for i in range(len(source)):
+            yield _as_text(source[i][text_feature])
+        return
     try:
         import tensorflow  # noqa: F401
     except ImportError:
@@ -181,16 +215,25 @@ def _load_tfds_builtin(name: str, data_dir: pathlib.Path, text_feature: str) -> 
             f"Dataset 'tfds:{name}' needs TensorFlow, which is not installed: "
             f'pip install "gpt_jax[tf]", or use a local corpus ({", ".join(known_datasets())}).'
         ) from None
-    train, info = tfds.load(name, split="train", data_dir=str(data_dir), with_info=True)
-    # Some datasets (lm1b) ship no validation split: their test split stands in.
-    val_split = "validation" if "validation" in info.splits else "test"
-    val = tfds.load(name, split=val_split, data_dir=str(data_dir))
-    # One example = one document/sentence; newlines keep them apart in the token stream.
-    return {
-        "train": _join_text(train, text_feature),
-        "validation": _join_text(val, text_feature),
-    }
+    ds, info = tfds.load(name, split="train", data_dir=str(data_dir), with_info=True)
+    if split == "validation":
+        ds = tfds.load(name, split="validation" if "validation" in info.splits else "test", data_dir=str(data_dir))
+    for ex in tfds.as_numpy(ds):
+        yield _as_text(ex[text_feature])
 
 
-def _join_text(ds, text_feature: str) -> str:
-    return "\n".join(ex[text_feature].decode("utf-8") for ex in tfds.as_numpy(ds))
+def _join_bounded(name: str, split: str, texts: Iterable[str]) -> str:
+    parts, total = [], 0
+    for text in texts:
+        total += len(text) + 1
+        if total > MAX_JOINED_CHARS:
+            raise ValueError(
+                f"Dataset 'tfds:{name}' {split} split is over {MAX_JOINED_CHARS:,} chars, too large to hold as one "
+                "string: set config.data.pipeline='grain' (token shards streamed from disk)."
+            )
+        parts.append(text)
+    return "\n".join(parts)
+
+
+def _as_text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -44,6 +44,7 @@ from gpt_jax.interop.hf_gpt2 import (
 from gpt_jax.models import gpt
 from gpt_jax.models.registry import build_model_config
 from gpt_jax.optim import make_optimizer
+from gpt_jax.paths import as_path
 from gpt_jax.tasks.lm_state import state_shardings
 from gpt_jax.train import TrainState
 from gpt_jax.workdir import load_run_at, read_run_file
@@ -99,7 +100,7 @@ def import_workdir(
     seed: int = 0,
 ) -> dict[str, Any]:
     """An HF GPT-2 folder -> a gpt_jax workdir (configs, tokenizer.json, step-0 checkpoint)."""
-    hf_dir, workdir = pathlib.Path(hf_dir), pathlib.Path(workdir)
+    hf_dir, workdir = pathlib.Path(hf_dir), as_path(workdir)
     if (workdir / "config.json").exists() or checkpoint_dir(workdir).exists():
         raise HFError(f"{workdir} already holds a run; pass a new --workdir")
     cfg, params = load_gpt2(hf_dir)
@@ -139,7 +140,7 @@ def import_workdir(
 
 def export_workdir(workdir: str | pathlib.Path, hf_dir: str | pathlib.Path) -> dict[str, Any]:
     """A gpt_jax workdir's latest checkpoint -> an HF GPT-2 folder."""
-    workdir = pathlib.Path(workdir)
+    workdir = as_path(workdir)
     check_exportable(ModelConfig(**read_run_file(workdir, "model_config.json")))  # before the (slow) restore
     # the newest good checkpoint: a corrupt newer one is named and skipped
     _, cfg, params, tokenizer, step = load_run_at(workdir, mesh=_host_mesh())

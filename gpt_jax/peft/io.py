@@ -25,6 +25,7 @@ import safetensors
 import safetensors.numpy
 from flax import traverse_util
 
+from gpt_jax.paths import as_path, is_local
 from gpt_jax.peft.legacy import migrate_peft
 
 FORMAT = "gpt_jax.peft_adapter/1"
@@ -75,6 +76,9 @@ def save_adapter(
         "tree": json.dumps(keys),
     }
     data = safetensors.numpy.save(tensors, metadata=metadata)
+    if not is_local(path):  # a bucket: one object write, replaced whole (no temp file + rename there)
+        as_path(path).write_bytes(data)
+        return len(data)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)

@@ -44,6 +44,8 @@ class Job:
     seed: int = 0
     stop: tuple[str, ...] = ()
     logprobs: bool = False  # keep per-token logprobs (host work: only when asked for)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     cancelled: bool = False
     out: list[int] = dataclasses.field(default_factory=list)
     shown: str = ""  # text already handed out
@@ -163,6 +165,7 @@ class Batcher:
             np.int32(min(job.top_k or self.mode.top_k_bound, self.mode.top_k_bound) if not greedy else 1),
             np.float32(job.top_p if job.top_p is not None else 1.0),
             np.asarray(jax.random.key_data(jax.random.key(job.seed)), np.uint32),
+            np.asarray([job.presence_penalty, job.frequency_penalty], np.float32),
         )
         out = sl.insert_jit(self.cfg, self.mode, self.params, self.state, self.shared, slot, prompt, n, knobs)
         self.state, token, lp, top_lp, top_id = out

@@ -38,6 +38,8 @@ class Sampling:
     logprobs: int | None = None  # top alternatives per token (0..5); None = no logprobs
     stream: bool = False
     include_usage: bool = False
+    presence_penalty: float = 0.0  # OpenAI's: logit -= presence * (count > 0) + frequency * count
+    frequency_penalty: float = 0.0  # (counts of the tokens this choice has generated so far)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +94,10 @@ def check_model(body: dict, served: str) -> None:
 
 
 def sampling(body: dict, *, max_n: int, default_max_tokens: int, chat: bool = False) -> Sampling:
-    for name in ("presence_penalty", "frequency_penalty"):
-        _range(
-            name, _typed(body, name, (int, float), 0, what="a number"), lambda v: v == 0, "is not supported (0 only)"
-        )
+    presence, frequency = (
+        _range(name, _typed(body, name, (int, float), 0, what="a number"), lambda v: -2 <= v <= 2, "must be in [-2, 2]")
+        for name in ("presence_penalty", "frequency_penalty")
+    )
     tokens_name = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
     max_tokens = _typed(body, tokens_name, (int,), default_max_tokens, what="an integer")
     temperature = _range(
@@ -141,6 +143,8 @@ def sampling(body: dict, *, max_n: int, default_max_tokens: int, chat: bool = Fa
         logprobs=logprobs,
         stream=stream,
         include_usage=bool(options.get("include_usage", False)),
+        presence_penalty=float(presence),
+        frequency_penalty=float(frequency),
     )
 
 

@@ -145,6 +145,8 @@ class Service:
                         seed=(seed + 1_000_003 * j) % (1 << 31),
                         stop=tuple(s.stop) + tuple(extra_stop),
                         logprobs=s.logprobs is not None,
+                        presence_penalty=s.presence_penalty,
+                        frequency_penalty=s.frequency_penalty,
                     )
                 )
         if any((j.top_k or 0) > self.batcher.mode.top_k_bound for j in jobs):

@@ -9,7 +9,8 @@ fits behind it) and, when a chunk would run past the end, every row is rolled le
 
 Programs: `insert` once per prompt bucket (P in 16, 32, ... window), `step` once, `roll` once, and
 `score` (echo logprobs) once per bucket: the count never depends on how many requests came or their lengths.
-Sampling is per row (temperature, top_k, top_p, seed); temperature 0 is greedy for that row.
+Sampling is per row (temperature, top_k, top_p, seed, presence/frequency penalties over the row's own
+generated tokens); temperature 0 is greedy for that row.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Slots:
     temperature_B: jax.Array  # 0 = greedy
     top_k_B: jax.Array  # <= the static bound
     top_p_B: jax.Array
+    penalty_Bx2: jax.Array  # (presence, frequency) per row
+    counts_BxV: jax.Array  # how often the row has produced each token (for the penalties)
 
 
 @flax.struct.dataclass
@@ -62,6 +65,8 @@ def init_slots(cfg: ModelConfig, batch: int, length: int, room: int) -> Slots:
         temperature_B=jnp.ones((batch,), jnp.float32),
         top_k_B=zi() + 1,
         top_p_B=jnp.ones((batch,), jnp.float32),
+        penalty_Bx2=jnp.zeros((batch, 2), jnp.float32),
+        counts_BxV=jnp.zeros((batch, cfg.vocab_size), jnp.float32),
     )
 
 
@@ -102,14 +107,15 @@ def _put_row(big, small, slot, col, col_axis: int):
 
 def insert(cfg: ModelConfig, md: Mode, params, s: Slots, shared: Shared, slot, prompt_1xP, length, knobs):
     """Prefill one prompt (left-padded to its bucket P, `length` real tokens) into row `slot`.
-    knobs: (temperature, top_k, top_p, key data [2]). Returns (slots, token, logprob, top lp, top ids)."""
+    knobs: (temperature, top_k, top_p, key data [2], (presence, frequency) penalties [2]).
+    Returns (slots, token, logprob, top lp, top ids)."""
     p = prompt_1xP.shape[1]
     start_1 = jnp.reshape(p - length, (1,)).astype(jnp.int32)
     logits_1xV, small = encode_prompt(cfg, params, prompt_1xP, start_1, p)
     col = s.cache.index - p
     k = jax.tree.map(lambda b, m: _put_row(b, m, slot, col, 3), s.cache.k, small.k)
     v = jax.tree.map(lambda b, m: _put_row(b, m, slot, col, 2), s.cache.v, small.v)
-    t, tk, tp, key = knobs
+    t, tk, tp, key, penalty = knobs
     row = (t[None], tk[None], tp[None], key[None])
     token, lp, top_lp, top_id = _pick(logits_1xV, row, shared, md, jnp.zeros((1,), jnp.int32))
     s = s.replace(
@@ -122,6 +128,8 @@ def insert(cfg: ModelConfig, md: Mode, params, s: Slots, shared: Shared, slot, p
         temperature_B=s.temperature_B.at[slot].set(t),
         top_k_B=s.top_k_B.at[slot].set(tk),
         top_p_B=s.top_p_B.at[slot].set(tp),
+        penalty_Bx2=s.penalty_Bx2.at[slot].set(penalty),
+        counts_BxV=s.counts_BxV.at[slot].set(jax.nn.one_hot(token[0], s.counts_BxV.shape[1])),
     )
     return s, token[0], lp[0], top_lp[0], top_id[0]
 
@@ -142,8 +150,11 @@ def step(cfg: ModelConfig, md: Mode, n_steps: int, params, s: Slots, shared: Sha
             cache=st.cache,
         )
         knobs = (st.temperature_B, st.top_k_B, st.top_p_B, st.key_B)
-        token_B, lp_B, tlp_BxT, tid_BxT = _pick(logits_Bx1xV[:, 0], knobs, shared, md, st.step_B)
-        st = st.replace(cache=cache, token_B=token_B, pos_B=st.pos_B + 1, step_B=st.step_B + 1)
+        presence_B, frequency_B = st.penalty_Bx2[:, 0:1], st.penalty_Bx2[:, 1:2]
+        logits_BxV = logits_Bx1xV[:, 0] - presence_B * (st.counts_BxV > 0) - frequency_B * st.counts_BxV
+        token_B, lp_B, tlp_BxT, tid_BxT = _pick(logits_BxV, knobs, shared, md, st.step_B)
+        counts = st.counts_BxV + jax.nn.one_hot(token_B, st.counts_BxV.shape[1])
+        st = st.replace(cache=cache, token_B=token_B, pos_B=st.pos_B + 1, step_B=st.step_B + 1, counts_BxV=counts)
         return (
             st,
             toks.at[:, i].set(token_B),

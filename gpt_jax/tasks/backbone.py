@@ -21,6 +21,7 @@ from gpt_jax.interop import hf_gpt2
 from gpt_jax.model import init_params
 from gpt_jax.models.registry import build_model_config
 from gpt_jax.optim import tree_bytes
+from gpt_jax.paths import as_path
 from gpt_jax.peft import io as adapter_io
 from gpt_jax.peft.base import graft
 from gpt_jax.peft.legacy import migrate_config
@@ -32,7 +33,7 @@ def load_base(init_from: str) -> tuple[ModelConfig, Callable[[], Any], Any]:
 
     Params load lazily: a resumed fine-tune restores its own checkpoint and never needs them.
     """
-    path = pathlib.Path(init_from)
+    path = as_path(init_from)  # a gs:// workdir stays one (an HF folder must be local)
     if (path / "model_config.json").is_file():  # a gpt_jax workdir
         cfg = ModelConfig(**migrate_config(json.loads((path / "model_config.json").read_text())))
         return cfg, lambda: jax.device_get(load_run(path)[2]), load_tokenizer(path)

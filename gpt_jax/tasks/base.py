@@ -50,3 +50,19 @@ class Task(Protocol):
 
     def finish(self, trainer, state, workdir: pathlib.Path, best_state=None) -> dict[str, Any]:
         """End-of-run work (samples, reports, adapter files); returns extra summary entries."""
+
+
+class OnLMBatches:
+    """Mixin for tasks that train on an inner LM task's batches (`self.lm`) with the optimizer unchanged:
+    QAT, distillation, a pruning fine-tune (which overrides `wrap_optimizer`)."""
+
+    lm: Any
+
+    def wrap_optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+        return tx
+
+    def train_batches(self, step: int, k: int, process_index: int, process_count: int) -> dict[str, np.ndarray]:
+        return self.lm.train_batches(step, k, process_index, process_count)
+
+    def eval_batches(self, process_index: int, process_count: int) -> dict[str, np.ndarray]:
+        return self.lm.eval_batches(process_index, process_count)

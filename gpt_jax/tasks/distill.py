@@ -24,6 +24,7 @@ import ml_collections
 from gpt_jax.compression.quantize import dequantize_tree
 from gpt_jax.models import registry as models
 from gpt_jax.objectives.loss import causal_lm_loss, lm_metrics
+from gpt_jax.tasks.base import OnLMBatches
 from gpt_jax.tasks.lm import LMTask
 from gpt_jax.workdir import load_run, read_run
 
@@ -40,7 +41,7 @@ def distill_kl(student_BxLxV, teacher_BxLxV, temperature: float, weights_BxL=Non
     return (kl_BxL * w).sum(), w.sum()
 
 
-class DistillTask:
+class DistillTask(OnLMBatches):
     name = "distill"
 
     def __init__(self, config: ml_collections.ConfigDict, lm: LMTask, teacher_cfg, teacher_family, teacher_path):
@@ -113,15 +114,6 @@ class DistillTask:
     def metrics(self):
         plain = lm_metrics(self.model_cfg, family=self.family)
         return lambda params, frozen, batch: plain(params["backbone"], {}, batch)
-
-    def wrap_optimizer(self, tx):
-        return tx
-
-    def train_batches(self, step, k, process_index, process_count):
-        return self.lm.train_batches(step, k, process_index, process_count)
-
-    def eval_batches(self, process_index, process_count):
-        return self.lm.eval_batches(process_index, process_count)
 
     def finish(self, trainer, state, workdir, best_state=None):
         s = self.config.sample

@@ -24,6 +24,7 @@ from gpt_jax.models import registry as models
 from gpt_jax.models.dcgan import DCGANConfig, Discriminator, Generator
 from gpt_jax.objectives import gan_losses
 from gpt_jax.optim import make_optimizer
+from gpt_jax.paths import as_path
 from gpt_jax.tasks.backbone import epoch_batches, padded_rows
 from gpt_jax.train import Update
 
@@ -66,7 +67,7 @@ class GANTask:
     def __init__(self, config: ml_collections.ConfigDict, workdir):
         if "gan" not in config:
             raise ValueError("task.name='gan' needs a config.gan section; start from configs/gan/mnist_dcgan.py")
-        self.config, self.gan, self.workdir = config, config.gan, pathlib.Path(workdir)
+        self.config, self.gan, self.workdir = config, config.gan, as_path(workdir)
         if self.gan.loss not in gan_losses.LOSSES:
             raise ValueError(f"config.gan.loss={self.gan.loss!r} is not one of {gan_losses.LOSSES}")
         if self.gan.n_critic < 1 or not 0.0 <= self.gan.ema_decay < 1.0 or self.gan.gp_weight < 0:

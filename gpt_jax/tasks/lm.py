@@ -23,12 +23,31 @@ OBJECTIVE_SALT = zlib.crc32(b"objective")
 class LMTask:
     name = "lm"
 
-    def __init__(self, config: ml_collections.ConfigDict, tokenizer, tokens: dict[str, np.ndarray], model_cfg):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        tokenizer,
+        tokens: dict[str, np.ndarray] | None,
+        model_cfg,
+        *,
+        grain_data=None,
+    ):
         self.config, self.tokenizer, self.model_cfg = config, tokenizer, model_cfg
         self.family = models.family_of(config.model)
         self.objective = objectives.from_config(config, tokenizer.vocab_size)
         t, block = config.train, model_cfg.block_size
         self.seq_len, self.lm_head = block, True
+        self.data_iterator = None  # a sequential stream whose position checkpoints carry (grain)
+        if grain_data is not None:
+            if not self.objective.plain_windows:
+                raise ValueError(
+                    "data.pipeline='grain' packs documents for the causal objective; set objective 'causal'"
+                )
+            from gpt_jax.data import grain_lm  # lazy: grain is needed only on data.pipeline='grain'
+
+            self.grain = grain_lm.GrainLMData(grain_data, config, block)
+            self.batcher = self.data_iterator = self.grain.stream
+            return
         self.batcher = data_lib.TokenBatcher(tokens["train"], t.batch_size, block, seed=config.seed)
         self.validation = tokens["validation"]
 
@@ -40,6 +59,17 @@ class LMTask:
             )
         d = config.data
         tokenizer = data_lib.load_tokenizer(workdir) if (workdir / "tokenizer.json").exists() else None
+        pipeline = d.get("pipeline", "random")  # .get: config.json files from before the key
+        if pipeline == "grain":
+            from gpt_jax.data import grain_lm  # lazy: grain is needed only on data.pipeline='grain'
+
+            grain_data = grain_lm.prepare(config, tokenizer)
+            vocab = grain_data.tokenizer.vocab_size + cls.extra_tokens(config)
+            return cls(
+                config, grain_data.tokenizer, None, models.build_model_config(config, vocab), grain_data=grain_data
+            )
+        if pipeline != "random":
+            raise ValueError(f"data.pipeline={pipeline!r} is not one of 'random', 'grain'")
         tokenizer, tokens = data_lib.prepare_tokens(
             d.dataset,
             d.tokenizer,
@@ -91,6 +121,8 @@ class LMTask:
         return {key: np.concatenate([p[key] for p in per_step]) for key in per_step[0]}
 
     def eval_batches(self, process_index, process_count):
+        if self.data_iterator is not None:
+            return self.grain.eval_batches(process_index, process_count)
         t = self.config.train
         return data_lib.eval_batches(
             self.validation,

@@ -7,12 +7,15 @@ import pathlib
 import ml_collections
 
 from gpt_jax.compression.prune_task import PruneTask
+from gpt_jax.compression.qat import QATTask
+from gpt_jax.paths import as_path
 from gpt_jax.tasks.base import Task
 from gpt_jax.tasks.classify import ClassifyTask
 from gpt_jax.tasks.distill import DistillTask
 from gpt_jax.tasks.gan import GANTask
 from gpt_jax.tasks.image_classify import ImageClassifyTask
 from gpt_jax.tasks.lm import LMTask
+from gpt_jax.tasks.seqgan import SeqGANTask
 from gpt_jax.tasks.sft import SFTTask
 from gpt_jax.tasks.vqa import VQATask
 
@@ -21,10 +24,12 @@ TASKS: dict[str, type] = {
     "classify": ClassifyTask,
     "sft": SFTTask,
     "gan": GANTask,
+    "seqgan": SeqGANTask,
     "vqa": VQATask,
     "image_classify": ImageClassifyTask,
     "distill": DistillTask,
     "prune": PruneTask,
+    "qat": QATTask,
 }
 
 
@@ -32,4 +37,4 @@ def make_task(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Task:
     name = (config.get("task") or {}).get("name", "lm")
     if name not in TASKS:
         raise ValueError(f"config.task.name={name!r} is not one of {sorted(TASKS)}")
-    return TASKS[name].from_config(config, pathlib.Path(workdir))
+    return TASKS[name].from_config(config, as_path(workdir))

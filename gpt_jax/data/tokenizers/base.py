@@ -13,6 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from gpt_jax.paths import as_path
+
 TOKENIZER_FILE = "tokenizer.json"
 # GPT-2's one special token: document separator, and the id generation stops at (50256 in GPT-2).
 ENDOFTEXT = "<|endoftext|>"
@@ -55,7 +57,7 @@ def _ids_1d(ids: Any, vocab_size: int) -> np.ndarray:
 
 
 def _write_json(directory: str | os.PathLike, data: dict[str, Any], indent: int | None = 1) -> None:
-    path = pathlib.Path(directory)
+    path = as_path(directory)
     path.mkdir(parents=True, exist_ok=True)
     (path / TOKENIZER_FILE).write_text(json.dumps(data, ensure_ascii=False, indent=indent), encoding="utf-8")
 

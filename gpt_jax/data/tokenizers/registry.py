@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import pathlib
 
 from gpt_jax.data.tokenizers.base import TOKENIZER_FILE, Tokenizer, TokenizerClass, _read_json_file
 from gpt_jax.data.tokenizers.bpe import BPETokenizer
@@ -12,6 +11,7 @@ from gpt_jax.data.tokenizers.byte import ByteTokenizer
 from gpt_jax.data.tokenizers.char import CharTokenizer
 from gpt_jax.data.tokenizers.sentencepiece import SentencePieceTokenizer
 from gpt_jax.data.tokenizers.word import WordTokenizer
+from gpt_jax.paths import as_path
 
 # kind -> class.
 TOKENIZERS: dict[str, TokenizerClass] = {
@@ -52,7 +52,7 @@ def build_tokenizer(
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     """The tokenizer a run saved with `save(directory)`."""
-    path = pathlib.Path(directory) / TOKENIZER_FILE
+    path = as_path(directory) / TOKENIZER_FILE
     if not path.is_file():
         raise FileNotFoundError(f"No {TOKENIZER_FILE} at {path}: save one with tokenizer.save(directory).")
     data = _read_json_file(path)
