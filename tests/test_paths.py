@@ -207,3 +207,26 @@ def test_data_and_compress_paths_keep_uris(bucket):
     with pytest.raises(ValueError, match="not a local directory") as e:
         stored.check_paths(RUN, "gs://bucket/out")
     assert "\n" not in str(e.value)
+
+
+def test_bpe_folder_and_sample_grid_on_a_bucket(bucket, tmp_path):
+    """A GPT-2-style BPE folder read from gs:// (data.tokenizer_path / GPT_JAX_GPT2_TOKENIZER), and a GAN
+    sample grid written to gs:// (one object write, no local `gs:` folder)."""
+    import numpy as np
+
+    from gpt_jax.analysis import gan_samples
+    from gpt_jax.data.tokenizers.bpe import BPETokenizer
+
+    tok = BPETokenizer.from_train_text("the digit seven and the digit eight " * 50, vocab_size=300)
+    local = tmp_path / "bpe"
+    tok.save_pretrained(local)
+    remote = paths.as_path("gs://bucket/tok")
+    for f in ("vocab.json", "merges.txt"):
+        (remote / f).write_bytes((local / f).read_bytes())
+    back = BPETokenizer.from_pretrained("gs://bucket/tok")
+    assert back.encode("the digit seven").tolist() == tok.encode("the digit seven").tolist()
+
+    out = gan_samples.write_png("gs://bucket/runs/g/samples.png", np.zeros((4, 8, 8, 1), np.float32), cols=2)
+    assert str(out) == "gs://bucket/runs/g/samples.png"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not os.path.exists("gs:")

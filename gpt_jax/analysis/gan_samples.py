@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pathlib
 
 import jax
@@ -10,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from gpt_jax.models.dcgan import DCGANConfig, Generator
+from gpt_jax.paths import as_path, is_local
 
 
 def to_unit(images, cfg: DCGANConfig):
@@ -55,12 +57,17 @@ def grid(images_NxHxWxC: np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
 
 def write_png(path: str | pathlib.Path, images_NxHxWxC: np.ndarray, cols: int = 10, scale: int = 1) -> pathlib.Path:
     """A grid PNG of the images (each pixel `scale` x `scale`); written to a temporary name, then renamed."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     g = grid(images_NxHxWxC, cols)
     img = Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not is_local(path):  # an object store replaces an object whole: one write
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", optimize=True)
+        path.write_bytes(buf.getvalue())
+        return path
     tmp = path.with_suffix(".tmp.png")
     img.save(tmp, optimize=True)
     tmp.replace(path)

@@ -207,7 +207,7 @@ class GANTask:
         out = {}
         if jax.process_index() == 0:
             path = gan_samples.write_sample_grid(
-                pathlib.Path(workdir) / "samples.png", self.model_cfg, self.ema_params(state), GRID_SEED, scale=2
+                as_path(workdir) / "samples.png", self.model_cfg, self.ema_params(state), GRID_SEED, scale=2
             )
             out["sample_grid"] = str(path)
         return out

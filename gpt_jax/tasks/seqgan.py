@@ -35,6 +35,7 @@ from gpt_jax.models import registry as models
 from gpt_jax.objectives import gan_losses
 from gpt_jax.objectives import policy_gradient as pg
 from gpt_jax.optim import make_optimizer
+from gpt_jax.paths import as_path
 from gpt_jax.peft.base import graft
 from gpt_jax.tasks.backbone import Backbone
 from gpt_jax.tasks.classify import POOLINGS, pool
@@ -116,7 +117,7 @@ class SeqGANTask:
         self.config, self.s, d = config, config.seqgan, config.data
         splits = load_text_splits(d.dataset, manual_dir=d.manual_dir, data_dir=d.tfds_dir)
         self.backbone = Backbone(
-            config, pathlib.Path(workdir),
+            config, as_path(workdir),
             lambda: build_tokenizer(d.tokenizer, splits["train"], vocab_size=d.get("vocab_size"), path=d.get("tokenizer_path")),
         )  # fmt: skip
         self.tokenizer, self.model_cfg = self.backbone.tokenizer, self.backbone.model_cfg
@@ -302,5 +303,5 @@ class SeqGANTask:
         text = "\n\n".join(
             f"[{self.tokenizer.decode(r[:p].tolist())}]{self.tokenizer.decode(r[p:].tolist())}" for r in rows
         )
-        (pathlib.Path(workdir) / "samples.txt").write_text(text + "\n")
-        return {"samples_file": str(pathlib.Path(workdir) / "samples.txt")}
+        (as_path(workdir) / "samples.txt").write_text(text + "\n")
+        return {"samples_file": str(as_path(workdir) / "samples.txt")}

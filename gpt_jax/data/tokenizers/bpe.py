@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from gpt_jax.data.tokenizers.base import ENDOFTEXT, TOKENIZER_FILE, _ids_1d, _read_json_file, _write_json
+from gpt_jax.paths import as_path
 
 # A newline between two non-blank characters always ends one GPT-2 pre-token and starts the next
 # (no pre-token pattern spans it, and the lone "\n" matches the same way with or without what
@@ -172,7 +173,7 @@ class BPETokenizer:
     def from_pretrained(cls, path: str | os.PathLike) -> BPETokenizer:
         """A directory with tokenizer.json or vocab.json + merges.txt (an HF GPT-2 folder), one of
         those files, or a gpt_jax workdir's tokenizer.json."""
-        path = pathlib.Path(path).expanduser()
+        path = as_path(path)  # a gs:// folder stays a URI (epath)
         if path.is_dir():
             if (path / TOKENIZER_FILE).is_file():
                 return cls._from_tokenizer_json(path / TOKENIZER_FILE)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import os
-import pathlib
 import re
 from typing import Any, ClassVar
 
 import numpy as np
 
 from gpt_jax.data.tokenizers.base import _ids_1d, _write_json
+from gpt_jax.paths import as_path
 
 
 def _import_sentencepiece():
@@ -87,7 +87,7 @@ class SentencePieceTokenizer:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> SentencePieceTokenizer:
-        path = pathlib.Path(path).expanduser()
+        path = as_path(path)  # a gs:// file stays a URI (epath)
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; data.tokenizer_path must be a SentencePiece .model file.")
         try:
