@@ -22,6 +22,26 @@ def NONE_STR():
     return config_dict.placeholder(str)
 
 
+def gan_adam(lr: float, clip: float) -> ml_collections.ConfigDict:
+    """An optim section for one GAN sub-model: DCGAN's Adam (b1 0.5, constant lr, no weight decay)."""
+    return ml_collections.ConfigDict(
+        dict(
+            name="adamw",
+            lr=lr,
+            min_lr=0.0,
+            warmup_steps=0,
+            decay_steps=None,
+            schedule="constant",
+            b1=0.5,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            decay_embeddings=False,
+            clip=clip,
+        )  # fmt: skip
+    )
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from gpt_jax.analysis import gan_samples
+from gpt_jax.base_config import gan_adam
 from gpt_jax.data.images import load_image_splits
 from gpt_jax.models import registry as models
 from gpt_jax.models.dcgan import DCGANConfig, Discriminator, Generator
@@ -33,10 +34,6 @@ GRID_SEED = 1234  # the same noise in every grid of a run, so grids over trainin
 
 def default_gan_section() -> ml_collections.ConfigDict:
     """config.gan: what a GAN config file sets (configs/gan/*.py)."""
-    adam = dict(
-        name="adamw", lr=2e-4, min_lr=0.0, warmup_steps=0, decay_steps=None, schedule="constant", b1=0.5,
-        b2=0.999, eps=1e-8, weight_decay=0.0, decay_embeddings=False, clip=0.0,
-    )  # fmt: skip
     return ml_collections.ConfigDict(
         {
             "dataset": "mnist_split",  # mnist_split | sklearn_digits | tfds:mnist
@@ -45,8 +42,8 @@ def default_gan_section() -> ml_collections.ConfigDict:
             "n_critic": 1,  # discriminator updates per generator update
             "ema_decay": 0.999,  # generator EMA (ramped up as min(decay, (1 + t) / (10 + t)))
             "grid_every": 0,  # a sample grid PNG at each eval step that is a multiple of this (0: at the end only)
-            "d_optim": ml_collections.ConfigDict(adam),
-            "g_optim": ml_collections.ConfigDict(adam),
+            "d_optim": gan_adam(lr=2e-4, clip=0.0),
+            "g_optim": gan_adam(lr=2e-4, clip=0.0),
         }
     )
 

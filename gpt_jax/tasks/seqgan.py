@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from gpt_jax import data as data_lib
+from gpt_jax.base_config import gan_adam
 from gpt_jax.config import ModelConfig, model_config_from
 from gpt_jax.data.sources import load_text_splits
 from gpt_jax.data.tokenizers import build_tokenizer
@@ -48,10 +49,6 @@ EVAL_SAMPLE_SEED = 4321  # the eval's samples use fixed noise: D accuracy over t
 
 def default_seqgan_section() -> ml_collections.ConfigDict:
     """config.seqgan: what a text-GAN config file sets (configs/gan/shakespeare_seqgan.py)."""
-    adam = dict(
-        name="adamw", lr=1e-4, min_lr=0.0, warmup_steps=0, decay_steps=None, schedule="constant", b1=0.5,
-        b2=0.999, eps=1e-8, weight_decay=0.0, decay_embeddings=False, clip=1.0,
-    )  # fmt: skip
     return ml_collections.ConfigDict(
         {
             "estimator": "reinforce",  # reinforce | gumbel
@@ -69,8 +66,8 @@ def default_seqgan_section() -> ml_collections.ConfigDict:
             "discriminator": ml_collections.ConfigDict(
                 dict(n_layer=2, n_head=4, n_embd=64, dropout=0.0, pooling="mean")
             ),
-            "d_optim": ml_collections.ConfigDict(adam),
-            "g_optim": ml_collections.ConfigDict(adam),
+            "d_optim": gan_adam(lr=1e-4, clip=1.0),
+            "g_optim": gan_adam(lr=1e-4, clip=1.0),
             "num_samples": 8,  # rows decoded into samples.txt at the end
         }
     )
