@@ -244,8 +244,7 @@ def test_compilations_stay_fixed_across_lengths_and_settings(served):
     svc, _, client = served
     for n in (5, 20, 40, 100):  # buckets 16, 32, 64, 128
         client.completions.create(model=svc.name, prompt="a" * n, max_tokens=3)
-    before = svc.batcher.compilations()
-    assert before["step"] == 1
+    before = svc.batcher.compilations()  # jax's caches are per process: other tests' models count too
 
     def one(i):
         rng = np.random.default_rng(i)
@@ -260,7 +259,7 @@ def test_compilations_stay_fixed_across_lengths_and_settings(served):
         results = list(pool.map(one, range(24)))
     assert all(r.choices[0].finish_reason in ("length", "stop") for r in results)
     after = svc.batcher.compilations()
-    assert after["step"] == 1 and after["insert"] == before["insert"] and after["roll"] <= 1, (before, after)
+    assert after == before and set(after) == {"step", "insert"}, (before, after)
 
 
 def test_lm_eval_local_completions_payload(served):

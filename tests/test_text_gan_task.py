@@ -6,6 +6,7 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from gpt_jax import run_config
@@ -66,11 +67,69 @@ def test_gumbel_generator_loss_reaches_the_generator_through_d(trainer):
         ("baseline", "median", "config.seqgan.baseline='median' is not one of"),
         ("prompt_len", 0, "need 1 <= prompt_len"),
         ("seq_len", 65, "need 1 <= prompt_len"),
+        ("d_pretrain_steps", -1, "config.seqgan.d_pretrain_steps=-1 must be >= 0"),
     ],
 )
 def test_bad_config_is_one_line(key, value, match):
+    """(discriminator.init is checked below: it sits one level down.)"""
     s = seqgan.default_seqgan_section()
     s[key] = value
     with pytest.raises(ValueError, match=match) as e:
+        seqgan._check(s, 64)
+    assert "\n" not in str(e.value)
+
+
+PRETRAIN = 40  # D-only steps of the pretraining test
+
+
+@pytest.fixture(scope="module")
+def pretrain_trainer(tmp_path_factory):
+    c = tiny_config()
+    c.seqgan.baseline, c.seqgan.rollouts = "mean", 0
+    c.seqgan.d_pretrain_steps = PRETRAIN
+    c.seqgan.d_optim.lr = 3e-3
+    c.train.batch_size, c.train.eval_batches = 16, 4
+    return Trainer(c, tmp_path_factory.mktemp("seqgan_pretrain"), write=False)
+
+
+def test_d_pretraining_separates_real_from_random_rows_and_leaves_g_alone(pretrain_trainer):
+    """A random tiny G writes near-uniform characters: D, trained alone, must tell them from text (issue 19's
+    flat ln 4). G's params and optimizer stay exactly as initialised until the pretraining ends."""
+    tr = pretrain_trainer
+    state = tr.init_state()
+    g0, g_opt0 = jax.device_get(
+        (state.params["generator"], state.opt_state["generator"])
+    )  # host copies: the step donates
+    before = tr.evaluate(state.params)
+    for step in range(PRETRAIN):
+        state, metrics = tr.run_steps(state, step, 1)
+        assert float(metrics["generator_lr"][0]) == 0.0
+    after = tr.evaluate(state.params)
+    assert abs(before["val_d_accuracy"] - 0.5) < 0.15, before
+    assert after["val_d_accuracy"] > 0.85 and after["val_d_loss"] < 1.0, after
+    same = lambda a, b: all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a, b)))
+    g_opt = state.opt_state["generator"]  # idle_for counts the idle steps; the Adam state inside is untouched
+    assert int(g_opt["count"]) == PRETRAIN and same(g_opt["inner"], g_opt0["inner"])
+    assert same(state.params["generator"], g0)
+    state, metrics = tr.run_steps(state, PRETRAIN, 1)  # the first G update
+    assert float(metrics["generator_lr"][0]) > 0 and not same(state.params["generator"], g0)
+
+
+def test_discriminator_can_start_from_the_generator(tmp_path):
+    c = tiny_config()
+    c.seqgan.seq_len, c.seqgan.discriminator.init = 6, "generator"
+    task = seqgan.SeqGANTask(c, tmp_path)
+    params, _ = task.init(jax.random.key(0))
+    g, d = params["generator"], params["discriminator"]["backbone"]
+    assert task.d_cfg.n_embd == task.model_cfg.n_embd and task.d_cfg.block_size == 6
+    np.testing.assert_array_equal(d["wpe"], g["wpe"][:6])
+    np.testing.assert_array_equal(d["h_0"]["mlp"]["fc"]["kernel"], g["h_0"]["mlp"]["fc"]["kernel"])
+    assert task.d_logits(params["discriminator"], jnp.zeros((2, 6), jnp.int32)).shape == (2,)
+
+
+def test_bad_discriminator_init_is_one_line():
+    s = seqgan.default_seqgan_section()
+    s.discriminator.init = "oracle"
+    with pytest.raises(ValueError, match="config.seqgan.discriminator.init='oracle' is not one of") as e:
         seqgan._check(s, 64)
     assert "\n" not in str(e.value)

@@ -1,7 +1,7 @@
 """Multi-turn chat with a trained (or imported) model, streaming the replies.
 
   python -m gpt_jax.chat --workdir=W [--template=plain|chatml] [--system="..."] [--max_new_tokens=200]
-                         [--temperature=0.8 --top_k=50 --top_p=0.95 --seed=0]
+                         [--temperature=0.8 --top_k=50 --top_p=0.95 --seed=0] [--kv_int8]
 
 Commands: /reset, /system <text>, /params temperature=0.7 top_p=0.9 ..., /image PATH, /quit.
 Multimodal runs (model.family='vlm'): `/image digit.png` attaches a picture to the next message (repeat it
@@ -25,6 +25,7 @@ from gpt_jax import vlm_run
 from gpt_jax.chat_session import PARAMS, ChatSession, run, with_params
 from gpt_jax.chat_template import ChatTemplate
 from gpt_jax.cli import flags
+from gpt_jax.compression import kv_int8
 from gpt_jax.safety import Safety, guard_session
 from gpt_jax.workdir import load_run
 
@@ -38,6 +39,7 @@ SPEC = [
         "banned_words_file", str, None, "words/phrases and re:<regex> lines kept out of replies (gpt_jax.safety)"
     ),
     flags.Flag("redact_pii", bool, False, "redact e-mails, phone numbers and long ID-like numbers in replies"),
+    flags.Flag("kv_int8", bool, False, "decode with an int8 KV cache (GPT text runs; gpt_jax.compression.kv_int8)"),
 ]
 
 
@@ -52,11 +54,14 @@ def chat(argv: Sequence[str]) -> int:
     safety = Safety.from_flags(values["banned_words_file"], redact_pii=values["redact_pii"])  # before loading
     template = ChatTemplate.named(values["template"])
     if vlm_run.is_multimodal(values["workdir"]):
+        if values["kv_int8"]:
+            raise ValueError("--kv_int8 applies to GPT text runs, not multimodal ones: drop --kv_int8")
         run_ = vlm_run.load_vlm_run(values["workdir"])
         session = ChatSession(run_.model_cfg, run_.params, run_.tokenizer, template, vlm=run_)
         session.options = {"temperature": 0.0, "max_new_tokens": 8, "seed": 0}  # answers: greedy, short
     else:
         _, model_cfg, params, tokenizer = load_run(values["workdir"])
+        model_cfg = kv_int8.for_flag(model_cfg, values["kv_int8"])
         session = ChatSession(model_cfg, params, tokenizer, template, system=values["system"])
     session.options = with_params(session.options, [f"{k}={values[k]}" for k in PARAMS if values[k] is not None])
     guard_session(session, safety)

@@ -2,7 +2,9 @@
 
   python -m gpt_jax.sample --workdir=runs/shk_cpu --prompt="ROMEO:" [--max_new_tokens=200]
       [--temperature=0.8 --top_k=200 --top_p=0.95 --min_p=0.05 --repetition_penalty=1.1]
-      [--num_beams=1 --num_samples=1 --seed=0 --stop=STRING --chunk=8]
+      [--num_beams=1 --num_samples=1 --seed=0 --stop=STRING --chunk=8] [--kv_int8]
+
+--kv_int8 decodes with an int8 KV cache (gpt_jax.compression.kv_int8; GPT text runs with unstacked layers).
 
 Defaults for temperature and top_k come from the run's config.sample. Past the model's block_size
 (learned/sinusoidal positions) the window slides: the last block_size // 2 tokens are re-encoded.
@@ -46,6 +48,7 @@ from gpt_jax import objectives, vlm_run
 from gpt_jax import workdir as workdir_lib
 from gpt_jax.analysis import gan_run
 from gpt_jax.cli import flags
+from gpt_jax.compression import kv_int8
 from gpt_jax.data import image_io
 from gpt_jax.generation.engine import generate
 from gpt_jax.generation.options import GenerateOptions, undecodable_ids
@@ -83,6 +86,7 @@ SPEC = [
     flags.Flag(
         "image", list, [], "multimodal runs: an image file (PNG/JPEG), one per <image> in --prompt (repeatable)"
     ),
+    flags.Flag("kv_int8", bool, False, "decode with an int8 KV cache (a quarter of the float32 cache's bytes)"),
 ]
 
 
@@ -135,6 +139,8 @@ def infill_objective(name: str, base_vocab: int):
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.kv_int8 and (args.image or vlm_run.is_multimodal(args.workdir) or gan_run.is_gan(args.workdir)):
+        raise ValueError("--kv_int8 applies to GPT text runs (not multimodal or GAN runs): drop --kv_int8")
     if args.image or vlm_run.is_multimodal(args.workdir):  # --image on any other run is a one-line error there
         return answer_images(args)
     if gan_run.is_gan(args.workdir):  # an image GAN: a grid PNG (--num_samples images, 100 by default)
@@ -150,6 +156,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--num_samples={args.num_samples} must be >= 1")
     safety = Safety.from_flags(args.banned_words_file, redact_pii=args.redact_pii)  # before the slow restore
     config, cfg, params, tok = workdir_lib.load_run(args.workdir)
+    cfg = kv_int8.for_flag(cfg, args.kv_int8)
     eos = getattr(tok, "eos_id", None)
     if args.num_beams > 1 and args.stop:
         raise ValueError("--stop needs streaming; beam search stops at the tokenizer's eos only")
@@ -239,6 +246,7 @@ def infill(args: argparse.Namespace) -> None:
     if args.num_samples < 1:
         raise ValueError(f"--num_samples={args.num_samples} must be >= 1")
     config, cfg, params, tok = workdir_lib.load_run(args.workdir)
+    cfg = kv_int8.for_flag(cfg, args.kv_int8)
     infiller = infill_objective(objective, tok.vocab_size)
     s = infiller.sentinels
     if cfg.vocab_size < tok.vocab_size + infiller.extra_tokens:

@@ -77,3 +77,16 @@ class Int8KVConfig(ModelConfig):
 
 def with_int8_kv(cfg: ModelConfig) -> ModelConfig:
     return Int8KVConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelConfig)})
+
+
+def for_flag(cfg, kv_int8: bool):
+    """The model config `sample`/`chat --kv_int8` decode with; one-line errors where the cache cannot apply."""
+    if not kv_int8:
+        return cfg
+    if type(cfg) is not ModelConfig:  # a ViT/VLM config, or a PEFT run's ExtendedConfig (its modules would drop)
+        raise ValueError(
+            f"--kv_int8 applies to GPT text runs; this run's model config is a {type(cfg).__name__}: drop --kv_int8"
+        )
+    if cfg.scan_layers:
+        raise ValueError("--kv_int8 needs unstacked layers and this run has model.scan_layers=True: drop --kv_int8")
+    return with_int8_kv(cfg)

@@ -4,6 +4,11 @@ chunks, runs one compiled chunk for all slots, and hands each job its new text.
 A job is one choice of one request (n > 1 = n jobs). Jobs leave when they produce the tokenizer's eos,
 hit a stop string or max_tokens, are refused by the output filter, or are cancelled (a client that went
 away): their slot is free for the next chunk. `submit` refuses (QueueFull) past `max_queue` waiting jobs.
+
+Pipelined: chunk k+1 is dispatched before the host hands out chunk k's tokens, so detokenizing, filters
+and streaming overlap the compute. A job that will reach max_tokens within the chunks already dispatched
+gives its slot to the next job at once (the insert runs after those chunks on the device); one that ends
+early (eos, stop, filter, cancel) rides one more chunk idle.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class Job:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     cancelled: bool = False
+    done: bool = False  # ended (set on the batcher thread)
+    planned: int = 0  # tokens the chunks dispatched so far will have produced for it
     out: list[int] = dataclasses.field(default_factory=list)
     shown: str = ""  # text already handed out
     sent: int = 0  # tokens already handed out
@@ -80,14 +87,11 @@ class Batcher:
         )  # via host: drops mesh types
         self.cfg, self.params, self.decode, self.eos, self.limits = cfg, params, decode, eos_id, limits
         self.filter = output_filter or (lambda text, final: (text, False))
-        self.room = limits.window + limits.chunk
-        self.length = 2 * self.room
         self.mode = sl.mode(cfg.vocab_size, limits.top_k_bound)
         banned = np.zeros(cfg.vocab_size, bool)
         banned[list(banned_ids)] = True
         self.shared = jax.device_put(sl.Shared(banned_V=banned), self.device)
         self.state = self._fresh()
-        self.index = self.room  # host mirror of state.cache.index
         self.jobs: list[Job | None] = [None] * limits.slots
         self.pending: collections.deque[Job] = collections.deque()
         self.cond = threading.Condition()
@@ -96,7 +100,7 @@ class Batcher:
         self.thread.start()
 
     def _fresh(self) -> sl.Slots:
-        return jax.device_put(sl.init_slots(self.cfg, self.limits.slots, self.length, self.room), self.device)
+        return jax.device_put(sl.init_slots(self.cfg, self.limits.slots, self.limits.window), self.device)
 
     # -- the API the server uses (any thread) --------------------------------------------------
     def submit(self, jobs: list[Job]) -> None:
@@ -113,8 +117,12 @@ class Batcher:
             self.cond.notify()
 
     def busy(self) -> int:
-        """Slots in use."""
-        return sum(j is not None for j in self.jobs)
+        """Slots whose job still needs chunks."""
+        return sum(self._needs(j) for j in self.jobs)
+
+    @staticmethod
+    def _needs(job: Job | None) -> bool:
+        return job is not None and not (job.done or job.cancelled) and job.planned < job.max_tokens
 
     def waiting(self) -> int:
         return len(self.pending)
@@ -127,34 +135,44 @@ class Batcher:
 
     # -- the thread -----------------------------------------------------------------------------
     def _loop(self) -> None:
+        flight = None  # the chunk on the device: (each slot's job when it was dispatched, its outputs)
         while True:
             with self.cond:
-                while self.running and not self.pending and self.busy() == 0:
+                while self.running and not self.pending and not self.busy() and flight is None:
                     self.cond.wait()
                 if not self.running:
                     return
                 admit = []
-                while self.pending and len(admit) + self.busy() < self.limits.slots:
+                free = sum(not self._needs(j) for j in self.jobs)
+                while self.pending and len(admit) < free:
                     job = self.pending.popleft()
                     if not job.cancelled:
                         admit.append(job)
+            inserted = []
             try:
-                while admit:
-                    self._insert(admit[0])
-                    admit.pop(0)
-                if self.busy():
-                    self._chunk()
+                for job in admit:
+                    inserted.append(self._insert(job))
+                for i, job in enumerate(self.jobs):  # cancelled jobs leave before the chunk
+                    if job is not None and job.cancelled:
+                        self.jobs[i] = None
+                nxt = self._dispatch() if self.busy() else None
+                if flight is not None:
+                    self._feed_chunk(*flight)
+                for first in inserted:
+                    self._feed(*first)
+                flight = nxt
             except Exception as e:  # a failed device call must not strand clients: end their jobs
-                for job in admit + [j for j in self.jobs if j is not None]:
+                stranded = admit + [j for j in self.jobs + (flight[0] if flight else []) if j is not None]
+                for job in {id(j): j for j in stranded if not j.done}.values():
+                    job.done = True
                     job.sink(Piece("", [], [], f"error: {type(e).__name__}: {e}"))
-                self.jobs = [
-                    None
-                ] * self.limits.slots  # and fresh slots: a failed call may have eaten the donated state
+                # and fresh slots: a failed call may have eaten the donated state
+                self.jobs, flight = [None] * self.limits.slots, None
                 self.state = self._fresh()
-                self.index = self.room
 
-    def _insert(self, job: Job) -> None:
-        slot = self.jobs.index(None)
+    def _insert(self, job: Job):
+        """Dispatches the prefill into a free slot; returns what _feed needs for its first token."""
+        slot = next(i for i, j in enumerate(self.jobs) if not self._needs(j))
         n = len(job.prompt)
         p = bucket(n, self.limits.window)
         prompt = np.zeros((1, p), np.int32)
@@ -169,28 +187,26 @@ class Batcher:
         )
         out = sl.insert_jit(self.cfg, self.mode, self.params, self.state, self.shared, slot, prompt, n, knobs)
         self.state, token, lp, top_lp, top_id = out
-        self.jobs[slot] = job
-        self._feed(slot, [int(token)], np.asarray(lp)[None], np.asarray(top_lp)[None], np.asarray(top_id)[None])
+        self.jobs[slot], job.planned = job, 1
+        return slot, job, token[None], lp[None], top_lp[None], top_id[None]
 
-    def _chunk(self) -> None:
+    def _dispatch(self):
         c = self.limits.chunk
-        if self.index + c > self.length:
-            self.state = sl.roll_jit(self.state, self.room)
-            self.index = self.room
-        # Cancelled jobs leave before the chunk: their slot idles (and is free for the next admit).
-        for i, job in enumerate(self.jobs):
-            if job is not None and job.cancelled:
-                self.jobs[i] = None
-        self.state, toks, lps, tlps, tids = sl.step_jit(self.cfg, self.mode, c, self.params, self.state, self.shared)
-        self.index += c
-        toks, lps, tlps, tids = map(np.asarray, (toks, lps, tlps, tids))
-        for i, job in enumerate(self.jobs):
+        self.state, *out = sl.step_jit(self.cfg, self.mode, c, self.params, self.state, self.shared)
+        for job in self.jobs:
             if job is not None:
-                self._feed(i, list(toks[i]), lps[i], tlps[i], tids[i])
+                job.planned += c
+        return list(self.jobs), out
 
-    def _feed(self, slot: int, tokens, lps, tlps, tids) -> None:
+    def _feed_chunk(self, jobs: list[Job | None], out) -> None:
+        toks, lps, tlps, tids = map(np.asarray, out)
+        for i, job in enumerate(jobs):
+            if job is not None and not (job.done or job.cancelled):
+                self._feed(i, job, toks[i], lps[i], tlps[i], tids[i])
+
+    def _feed(self, slot: int, job: Job, tokens, lps, tlps, tids) -> None:
         """Take a job's new tokens up to where it ends; hand over what may be shown."""
-        job = self.jobs[slot]
+        tokens, lps, tlps, tids = np.asarray(tokens).tolist(), np.asarray(lps), np.asarray(tlps), np.asarray(tids)
         finish = None
         for t, tok in enumerate(tokens):
             if tok == self.eos:
@@ -227,7 +243,9 @@ class Batcher:
         )
         job.shown, job.sent = visible, len(job.out)
         if finish is not None:
-            self.jobs[slot] = None
+            job.done = True
+            if self.jobs[slot] is job:
+                self.jobs[slot] = None
         if piece.text or piece.tokens or finish:
             job.sink(piece)
 
@@ -236,5 +254,4 @@ class Batcher:
         return {
             "step": sl.step_jit._cache_size(),
             "insert": sl.insert_jit._cache_size(),
-            "roll": sl.roll_jit._cache_size(),
         }

@@ -1,14 +1,16 @@
 """The compiled half of continuous batching: B slots over one batched KV cache, one shared write column.
 
-Every decode step writes column `cache.index` for all B rows (gpt_jax.kv_cache's one-index write, so
-the model is used unchanged). A request joins between chunks: its prompt, LEFT-padded to a power-of-two
-bucket P, is prefilled alone into a fresh [1, P] cache, and that cache is copied into its slot's row at
-columns [index - P, index); its row then attends to [start, index) (start = index - prompt length).
-Rows never hold more than `room` = window + chunk columns, so the index starts at `room` (any bucket
-fits behind it) and, when a chunk would run past the end, every row is rolled left to end at `room`.
+The cache is a ring of `window` columns (a job never holds more: prompt + max_tokens <= window). Every
+decode step writes column `cache.index` for all B rows (gpt_jax.kv_cache's one-index write, so the model
+is used unchanged), then the index wraps to 0 at the end. A row attends to its last `len_B` columns
+before the index (mod window): attention sums over a set of keys, and positions are explicit, so where
+in the ring a key sits does not matter. Why a ring: decode at 32 rows is bound by reading the cache,
+and a linear cache needs spare columns plus a periodic roll (a copy of the whole cache) to stay in place.
+A request joins between chunks: its prompt, LEFT-padded to a power-of-two bucket P, is prefilled alone
+into a fresh [1, P] cache, which becomes its slot's row at columns [index - P, index) mod window.
 
-Programs: `insert` once per prompt bucket (P in 16, 32, ... window), `step` once, `roll` once, and
-`score` (echo logprobs) once per bucket: the count never depends on how many requests came or their lengths.
+Programs: `insert` once per prompt bucket (P in 16, 32, ... window), `step` once, and `score` (echo
+logprobs) once per bucket: the count never depends on how many requests came or their lengths.
 Sampling is per row (temperature, top_k, top_p, seed, presence/frequency penalties over the row's own
 generated tokens); temperature 0 is greedy for that row.
 """
@@ -20,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt_jax.config import ModelConfig
-from gpt_jax.generation.decode import decode_mask, encode_prompt
+from gpt_jax.generation.decode import encode_prompt
 from gpt_jax.generation.processors import Knobs, Mode, choose
 from gpt_jax.kv_cache import KVCache, init_cache
 from gpt_jax.model import GPT
@@ -30,10 +32,10 @@ TOP = 5  # alternatives returned per token (OpenAI's completions cap `logprobs` 
 
 @flax.struct.dataclass
 class Slots:
-    cache: KVCache  # [B rows, S columns]
+    cache: KVCache  # [B rows, S = window columns], a ring; index in [0, S)
     token_B: jax.Array  # last chosen token, fed next
     pos_B: jax.Array  # its position id
-    start_B: jax.Array  # first real column of each row
+    len_B: jax.Array  # real columns of each row: the len_B before cache.index (mod S)
     step_B: jax.Array  # tokens produced by the row (its sampling key's counter)
     key_B: jax.Array  # uint32 [B, 2]: raw PRNG key data per row
     temperature_B: jax.Array  # 0 = greedy
@@ -52,14 +54,13 @@ def mode(vocab: int, top_k_bound: int) -> Mode:
     return Mode(greedy=False, top_k_bound=min(vocab, top_k_bound), top_p=True)
 
 
-def init_slots(cfg: ModelConfig, batch: int, length: int, room: int) -> Slots:
+def init_slots(cfg: ModelConfig, batch: int, length: int) -> Slots:
     zi = lambda: jnp.zeros((batch,), jnp.int32)  # fresh buffers: the state is donated, leaf by leaf
-    cache = init_cache(cfg, batch, length).replace(index=jnp.asarray(room, jnp.int32))
     return Slots(
-        cache=cache,
+        cache=init_cache(cfg, batch, length),
         token_B=zi(),
         pos_B=zi(),
-        start_B=jnp.full((batch,), room, jnp.int32),
+        len_B=zi(),
         step_B=zi(),
         key_B=jnp.zeros((batch, 2), jnp.uint32),
         temperature_B=jnp.ones((batch,), jnp.float32),
@@ -97,12 +98,26 @@ def _pick(logits_BxV, knobs, shared: Shared, md: Mode, step_B):
     return token_B, chosen_B, top_lp_BxT, top_id_BxT
 
 
-def _put_row(big, small, slot, col, col_axis: int):
-    """Writes `small` (one row, P columns) into `big` at row `slot`, columns [col, col + P)."""
+def ring_mask(len_B, index, length: int):
+    """[B, 1, S + 1]: the token written at `index` sees its row's last len_B columns (mod S), then itself."""
+    age_S = jnp.mod(index - 1 - jnp.arange(length), length)  # 0 = the column written last
+    cached_BxS = age_S[None] < len_B[:, None]
+    return jnp.concatenate([cached_BxS, jnp.ones_like(cached_BxS[:, :1])], axis=1)[:, None]
+
+
+def _put_row(big, small, slot, end, col_axis: int):
+    """Writes `small` (one row, P columns) into `big` as row `slot`, at columns [end - P, end) mod S
+    (the rest of the row zeroed: no other column of it is attended)."""
     lead = big.ndim - 4  # scan_layers: a leading layer axis
+    axis, s, p = col_axis + lead, big.shape[col_axis + lead], small.shape[col_axis + lead]
+    pad = [(0, 0)] * small.ndim
+    pad[axis] = (0, s - p)
+    row = jnp.pad(small.astype(big.dtype), pad)  # columns [0, P)
+    shift = jnp.mod(end - p, s)  # rotate right by shift: row[c] = padded[(c - shift) mod S]
+    row = jax.lax.dynamic_slice_in_dim(jnp.concatenate([row, row], axis=axis), s - shift, s, axis=axis)
     idx = [0] * big.ndim
-    idx[lead], idx[col_axis + lead] = slot, col
-    return jax.lax.dynamic_update_slice(big, small.astype(big.dtype), tuple(idx))
+    idx[lead] = slot
+    return jax.lax.dynamic_update_slice(big, row, tuple(idx))
 
 
 def insert(cfg: ModelConfig, md: Mode, params, s: Slots, shared: Shared, slot, prompt_1xP, length, knobs):
@@ -112,9 +127,9 @@ def insert(cfg: ModelConfig, md: Mode, params, s: Slots, shared: Shared, slot, p
     p = prompt_1xP.shape[1]
     start_1 = jnp.reshape(p - length, (1,)).astype(jnp.int32)
     logits_1xV, small = encode_prompt(cfg, params, prompt_1xP, start_1, p)
-    col = s.cache.index - p
-    k = jax.tree.map(lambda b, m: _put_row(b, m, slot, col, 3), s.cache.k, small.k)
-    v = jax.tree.map(lambda b, m: _put_row(b, m, slot, col, 2), s.cache.v, small.v)
+    end = s.cache.index
+    k = jax.tree.map(lambda b, m: _put_row(b, m, slot, end, 3), s.cache.k, small.k)
+    v = jax.tree.map(lambda b, m: _put_row(b, m, slot, end, 2), s.cache.v, small.v)
     t, tk, tp, key, penalty = knobs
     row = (t[None], tk[None], tp[None], key[None])
     token, lp, top_lp, top_id = _pick(logits_1xV, row, shared, md, jnp.zeros((1,), jnp.int32))
@@ -122,7 +137,7 @@ def insert(cfg: ModelConfig, md: Mode, params, s: Slots, shared: Shared, slot, p
         cache=s.cache.replace(k=k, v=v),
         token_B=s.token_B.at[slot].set(token[0]),
         pos_B=s.pos_B.at[slot].set(length),
-        start_B=s.start_B.at[slot].set(s.cache.index - length),
+        len_B=s.len_B.at[slot].set(length),
         step_B=s.step_B.at[slot].set(1),
         key_B=s.key_B.at[slot].set(key),
         temperature_B=s.temperature_B.at[slot].set(t),
@@ -135,10 +150,10 @@ def insert(cfg: ModelConfig, md: Mode, params, s: Slots, shared: Shared, slot, p
 
 
 def step(cfg: ModelConfig, md: Mode, n_steps: int, params, s: Slots, shared: Shared):
-    """n_steps decode steps for every row (idle rows too: they attend to themselves only; the host
-    ignores them). Returns (slots, tokens [B, n], logprobs [B, n], top lp [B, n, TOP], top ids)."""
+    """n_steps decode steps for every row (idle rows too: the host ignores them). Returns
+    (slots, tokens [B, n], logprobs [B, n], top lp [B, n, TOP], top ids [B, n, TOP])."""
     model = GPT(cfg)
-    b = s.token_B.shape[0]
+    b, length = s.token_B.shape[0], s.cache.length
 
     def body(i, carry):
         st, toks, lps, tlps, tids = carry
@@ -146,15 +161,23 @@ def step(cfg: ModelConfig, md: Mode, n_steps: int, params, s: Slots, shared: Sha
             {"params": params},
             st.token_B[:, None],
             st.pos_B[:, None],
-            decode_mask(st.start_B, st.cache.index, st.cache.length),
+            ring_mask(st.len_B, st.cache.index, length),
             cache=st.cache,
         )
+        cache = cache.replace(index=jnp.where(cache.index >= length, 0, cache.index))
         knobs = (st.temperature_B, st.top_k_B, st.top_p_B, st.key_B)
         presence_B, frequency_B = st.penalty_Bx2[:, 0:1], st.penalty_Bx2[:, 1:2]
         logits_BxV = logits_Bx1xV[:, 0] - presence_B * (st.counts_BxV > 0) - frequency_B * st.counts_BxV
         token_B, lp_B, tlp_BxT, tid_BxT = _pick(logits_BxV, knobs, shared, md, st.step_B)
         counts = st.counts_BxV + jax.nn.one_hot(token_B, st.counts_BxV.shape[1])
-        st = st.replace(cache=cache, token_B=token_B, pos_B=st.pos_B + 1, step_B=st.step_B + 1, counts_BxV=counts)
+        st = st.replace(
+            cache=cache,
+            token_B=token_B,
+            pos_B=st.pos_B + 1,
+            len_B=jnp.minimum(st.len_B + 1, length),
+            step_B=st.step_B + 1,
+            counts_BxV=counts,
+        )
         return (
             st,
             toks.at[:, i].set(token_B),
@@ -173,24 +196,6 @@ def step(cfg: ModelConfig, md: Mode, n_steps: int, params, s: Slots, shared: Sha
     return jax.lax.fori_loop(0, n_steps, body, out)
 
 
-def roll(s: Slots, room) -> Slots:
-    """Every row moved left so the write index becomes `room` (rows hold at most `room` columns)."""
-    shift = s.cache.index - room
-    length = s.cache.length
-
-    def move(x, axis):
-        axis = axis + x.ndim - 4
-        both = jnp.concatenate([x, x], axis=axis)
-        return jax.lax.dynamic_slice_in_dim(both, shift, length, axis=axis)
-
-    cache = s.cache.replace(
-        k=jax.tree.map(lambda x: move(x, 3), s.cache.k),
-        v=jax.tree.map(lambda x: move(x, 2), s.cache.v),
-        index=s.cache.index - shift,
-    )
-    return s.replace(cache=cache, start_B=s.start_B - shift)
-
-
 def score(cfg: ModelConfig, params, ids_1xP):
     """Log-probabilities of a RIGHT-padded sequence's tokens: (logprob of token t+1 at t [1, P],
     top TOP logprobs/ids after each position [1, P, TOP])."""
@@ -204,5 +209,4 @@ def score(cfg: ModelConfig, params, ids_1xP):
 
 insert_jit = jax.jit(insert, static_argnums=(0, 1), donate_argnums=(3,))
 step_jit = jax.jit(step, static_argnums=(0, 1, 2), donate_argnums=(4,))
-roll_jit = jax.jit(roll, donate_argnums=(0,))
 score_jit = jax.jit(score, static_argnums=(0,))

@@ -12,10 +12,17 @@ their own Optax optimizers (`updates`): D on real windows against samples, then 
 Either adds `mle_weight` x the causal NLL of G on the real batch. Every row is a real window of `seq_len`
 tokens; its first `prompt_len` tokens are the prompt the generator continues (the same for D's real and
 fake rows). Sampling runs inside the jitted step with a KV-cache sweep.
+
+As in SeqGAN, D can first train alone for `d_pretrain_steps` against the MLE generator's samples (G's loss
+is not computed and its optimizer stays untouched until then) and take `d_steps` updates per G update. A
+2-layer D from scratch learns the real/fake difference (spelling) far slower than G's MLE term moves the
+samples (experiments/results/adversarial.md); `discriminator.init='generator'` starts D from the MLE
+generator's weights instead (a character LM's features, G's architecture).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import flax.linen as nn
@@ -44,6 +51,7 @@ from gpt_jax.tasks.gan import ema_lr
 from gpt_jax.train import Update
 
 ESTIMATORS = ("reinforce", "gumbel")
+D_INITS = ("random", "generator")
 EVAL_SAMPLE_SEED = 4321  # the eval's samples use fixed noise: D accuracy over training compares
 
 
@@ -63,8 +71,11 @@ def default_seqgan_section() -> ml_collections.ConfigDict:
             "seq_len": 64,  # tokens per row (<= the generator's block_size)
             "prompt_len": 8,  # real tokens every row starts with; G writes the remaining ones
             "d_steps": 1,  # discriminator updates per generator update
+            "d_pretrain_steps": 0,  # the first steps train D alone on the (MLE) generator's samples
+            # init='generator': D's backbone starts as a copy of the generator (its shape; the sizes here
+            # are then unused); 'random': a fresh GPT of these sizes
             "discriminator": ml_collections.ConfigDict(
-                dict(n_layer=2, n_head=4, n_embd=64, dropout=0.0, pooling="mean")
+                dict(n_layer=2, n_head=4, n_embd=64, dropout=0.0, pooling="mean", init="random")
             ),
             "d_optim": gan_adam(lr=1e-4, clip=1.0),
             "g_optim": gan_adam(lr=1e-4, clip=1.0),
@@ -78,6 +89,10 @@ def _check(s, block_size: int) -> None:
         raise ValueError(f"config.seqgan.estimator={s.estimator!r} is not one of {ESTIMATORS}")
     if s.baseline not in pg.BASELINES:
         raise ValueError(f"config.seqgan.baseline={s.baseline!r} is not one of {pg.BASELINES}")
+    if s.discriminator.get("init", "random") not in D_INITS:
+        raise ValueError(f"config.seqgan.discriminator.init={s.discriminator.init!r} is not one of {D_INITS}")
+    if s.get("d_pretrain_steps", 0) < 0:
+        raise ValueError(f"config.seqgan.d_pretrain_steps={s.d_pretrain_steps} must be >= 0 (0: no D pretraining)")
     if s.discriminator.pooling not in POOLINGS:
         raise ValueError(f"config.seqgan.discriminator.pooling={s.discriminator.pooling!r} is not one of {POOLINGS}")
     if not 1 <= s.prompt_len < s.seq_len <= block_size:
@@ -92,6 +107,22 @@ def _check(s, block_size: int) -> None:
         )
     if not 0.0 <= s.baseline_decay < 1.0 or s.mle_weight < 0:
         raise ValueError(f"config.seqgan: baseline_decay={s.baseline_decay} in [0, 1), mle_weight={s.mle_weight} >= 0")
+
+
+def idle_for(tx: optax.GradientTransformation, k: int) -> optax.GradientTransformation:
+    """`tx` after k zero updates that leave its state as initialised (Adam starts fresh when G starts)."""
+
+    def init(params):
+        return {"count": jnp.zeros((), jnp.int32), "inner": tx.init(params)}
+
+    def update(grads, state, params=None):
+        def idle():
+            return jax.tree.map(jnp.zeros_like, grads), state["inner"]
+
+        updates, inner = jax.lax.cond(state["count"] < k, idle, lambda: tx.update(grads, state["inner"], params))
+        return updates, {"count": state["count"] + 1, "inner": inner}
+
+    return optax.GradientTransformation(init, update)
 
 
 class SeqGANTask:
@@ -120,11 +151,18 @@ class SeqGANTask:
         self.tokenizer, self.model_cfg = self.backbone.tokenizer, self.backbone.model_cfg
         _check(self.s, self.model_cfg.block_size)
         self.seq_len = self.s.seq_len
-        self.d_cfg: ModelConfig = model_config_from(
-            {k: v for k, v in self.s.discriminator.items() if k != "pooling"},
-            vocab_size=self.model_cfg.vocab_size,
-            block_size=self.seq_len,
-        )
+        self.d_from_generator = self.s.discriminator.get("init", "random") == "generator"
+        self.d_pretrain_steps = int(self.s.get("d_pretrain_steps", 0))
+        if self.d_from_generator:
+            self.d_cfg: ModelConfig = dataclasses.replace(
+                self.model_cfg, block_size=self.seq_len, dropout=self.s.discriminator.dropout
+            )
+        else:
+            self.d_cfg = model_config_from(
+                {k: v for k, v in self.s.discriminator.items() if k not in ("pooling", "init")},
+                vocab_size=self.model_cfg.vocab_size,
+                block_size=self.seq_len,
+            )
         self.tokens = {split: np.asarray(self.tokenizer.encode(text)) for split, text in splits.items()}
         t = config.train
         self.batcher = data_lib.TokenBatcher(self.tokens["train"], t.batch_size, self.seq_len, seed=config.seed)
@@ -136,10 +174,10 @@ class SeqGANTask:
         if pretrained:
             generator = graft(generator, pretrained[0])
         head = {"kernel": 0.02 * jax.random.normal(h_rng, (self.d_cfg.n_embd, 1)), "bias": jnp.zeros((1,))}
-        params = {
-            "generator": generator,
-            "discriminator": {"backbone": nn.meta.unbox(init_params(self.d_cfg, d_rng)), "head": head},
-        }
+        d_backbone = nn.meta.unbox(init_params(self.d_cfg, d_rng))
+        if self.d_from_generator:  # G's weights (a copy: the two train apart), its positions cut to seq_len
+            d_backbone = {k: v[: self.seq_len] if k == "wpe" else v for k, v in generator.items() if k != "lm_head"}
+        params = {"generator": generator, "discriminator": {"backbone": d_backbone, "head": head}}
         if self.s.baseline == "ema":
             params["baseline"] = {"value": jnp.asarray(0.5, jnp.float32)}  # D's reward before it learns anything
         return params, {}
@@ -200,6 +238,17 @@ class SeqGANTask:
         return pg.token_rewards(q_BxC, points, length)
 
     def g_loss(self, params, frozen, batch, rng):
+        """G's loss; 0 (not computed: lax.cond runs one branch) while D pretrains."""
+        if not self.d_pretrain_steps:
+            return self._g_loss(params, frozen, batch, rng)
+        count = jnp.asarray(batch["inputs"].shape[0], jnp.float32)
+        return jax.lax.cond(
+            batch["step_B"][0] < self.d_pretrain_steps,
+            lambda: (jnp.zeros((), jnp.float32), count),
+            lambda: self._g_loss(params, frozen, batch, rng),
+        )
+
+    def _g_loss(self, params, frozen, batch, rng):
         del frozen
         g, real_BxL, s = params["generator"], batch["inputs"], self.s
         b, length = real_BxL.shape
@@ -234,8 +283,12 @@ class SeqGANTask:
     def updates(self, tx, schedule):
         del tx, schedule  # config.optim is unused: each player has its own section
         steps, dims = self.config.train.num_steps, models.get("gpt").matrix_dims
+        k = self.d_pretrain_steps
         d_tx, d_sched = make_optimizer(self.s.d_optim, steps, dims)
-        g_tx, g_sched = make_optimizer(self.s.g_optim, steps, dims)
+        g_tx, g_sched = make_optimizer(self.s.g_optim, max(steps - k, 1), dims)
+        if k:
+            g_tx = idle_for(g_tx, k)
+            g_sched = lambda t, f=g_sched: jnp.where(t < k, 0.0, f(jnp.maximum(t - k, 0)))
         out = [Update(self.d_loss, d_tx, d_sched, "discriminator")] * self.s.d_steps
         out.append(Update(self.g_loss, g_tx, g_sched, "generator"))
         if self.s.baseline == "ema":
@@ -276,7 +329,11 @@ class SeqGANTask:
 
     # -- data
     def train_batches(self, step, k, process_index, process_count):
-        return self.batcher.batches(step, k, process_index=process_index, process_count=process_count)
+        out = self.batcher.batches(step, k, process_index=process_index, process_count=process_count)
+        if self.d_pretrain_steps:  # the step of each row: G's loss knows whether D is still pretraining
+            k_, b, _ = out["inputs"].shape
+            out["step_B"] = np.broadcast_to(np.arange(step, step + k_, dtype=np.int32)[:, None], (k_, b)).copy()
+        return out
 
     def eval_batches(self, process_index, process_count):
         t = self.config.train
