@@ -49,6 +49,7 @@ def test_decode_view_rows_and_w8a8():
     w = qt((32, 4, 8), 1)
     x = jnp.asarray(RNG.standard_normal((1, 32)).astype(np.float32))
     view = w.reshape(32, -1)  # HeadsProjection's decode path
+    assert view.split_rows and not qt((32, 48), 1).split_rows
     np.testing.assert_allclose(
         view.einsum("bd,dn->bn", x), x @ w.astype(jnp.float32).reshape(32, -1), rtol=1e-5, atol=1e-5
     )
@@ -65,11 +66,13 @@ def test_decode_view_rows_and_w8a8():
     assert 0 < float(jnp.abs(got - ref).max()) < 0.02 * float(ref.std())
 
 
-def test_decode_loop_reads_int8_inside_the_while_body():
-    from gpt_jax.generation import decode as dec  # lazy: only this test
-    from gpt_jax.generation.options import GenerateOptions  # lazy: only this test
-    from gpt_jax.generation.processors import knobs_of, mode_of  # lazy: only this test
-    from gpt_jax.generation.prompts import pack  # lazy: only this test
+def decode_hlo_and_loop_body():
+    """The compiled greedy decode program of a 1-layer int8 model (n_embd 32, 2 heads of 16), and its
+    `while` body (the longest one)."""
+    from gpt_jax.generation import decode as dec  # lazy: only these tests
+    from gpt_jax.generation.options import GenerateOptions  # lazy: only these tests
+    from gpt_jax.generation.processors import knobs_of, mode_of  # lazy: only these tests
+    from gpt_jax.generation.prompts import pack  # lazy: only these tests
 
     cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=65)
     params = jax.device_get(nn.meta.unbox(init_params(cfg, jax.random.key(0))))
@@ -82,10 +85,33 @@ def test_decode_loop_reads_int8_inside_the_while_body():
     hlo = jax.jit(fn).lower(qparams).compile().as_text()
     bodies = re.findall(r"body=(%[\w.\-]+)", hlo)
     assert bodies
-    body = max((hlo[hlo.index("\n" + b + " ") :].split("\n}\n")[0] for b in bodies), key=len)
+    return hlo, max((hlo[hlo.index("\n" + b + " ") :].split("\n}\n")[0] for b in bodies), key=len)
+
+
+def test_decode_loop_reads_int8_inside_the_while_body():
+    hlo, body = decode_hlo_and_loop_body()
     # every kernel and the tied head: a fused dot over s8 inside the loop, and no s8 -> f32 copy outside it
     assert len(re.findall(r"s8\[[\d,]+\][^\n]*\n[^\n]*convert", body)) + body.count("s8[") >= 5
     entry = hlo[hlo.index("\nENTRY") :]
     while_line = next(line for line in entry.split("\n") if " while(" in line)
     hoisted = [line for line in entry.split("\n") if re.search(r"= f32\[\d+,\d+\]\S* fusion\(%\S*kernel\S*___q", line)]
     assert not any(h.split("=")[0].strip() in while_line for h in hoisted)
+
+
+def test_decode_loop_reads_qkv_int8_as_contiguous_rows():
+    """The q/k/v kernels are s8[D, H, K]: read through a bitcast to [H*K, D] inside the fused dot, the
+    contracted axis is split (i -> i // K, i % K) and XLA's CPU loop loads bytes one by one (~9x slower,
+    experiments/results/compression.md). Every 3-D s8 operand of a fused dot must keep its last axis
+    whole in the 2-D view (attn out [H, K, D] does); q/k/v arrive as 2-D copies made before the loop."""
+    hlo, body = decode_hlo_and_loop_body()
+    dots = [c for c in hlo.split("\n}\n") if " dot(" in c and "s8[" in c]
+    assert dots
+    for comp in dots:
+        for name, last in re.findall(r"%(\S+) = s8\[\d+,\d+,(\d+)\]\{2,1,0\} parameter", comp):
+            views = re.findall(r"= s8\[\d+,(\d+)\]\{1,0\} bitcast\(%" + re.escape(name) + r"\)", comp)
+            assert all(v == last for v in views), (name, last, views)
+    entry = hlo[hlo.index("\nENTRY") :]
+    for proj in ("query", "key", "value"):
+        copy = re.search(r"= s8\[32,32\]\S* fusion\(%\S*" + proj + r"\S*kernel\S*___q", entry)
+        assert copy, proj  # made once, in the entry computation
+        assert copy.group(0).split("fusion(")[1] not in body

@@ -127,6 +127,7 @@ def evaluate(
         entry["d_accuracy"] = dict(zip(*curve(records, "val_d_accuracy")))
         entry["val_nll"] = dict(zip(*curve(records, "val_loss")))
         entry["estimator"] = config.seqgan.estimator
+        entry["adversarial_weight"] = float(config.seqgan.get("adversarial_weight", 1.0))
         out["gans"][str(wd)] = entry
     return out
 
@@ -138,6 +139,12 @@ def _row(name, r):
     )
 
 
+def _name(wd: str, g: dict[str, Any]) -> str:
+    """A run's label: GAN (estimator) or, with adversarial_weight 0, the MLE-only control; its workdir's name."""
+    kind = "MLE-only control" if g.get("adversarial_weight", 1.0) == 0 else f"GAN {g['estimator']}"
+    return f"{kind} `{pathlib.Path(wd).name}`"
+
+
 def format_markdown(result: dict[str, Any]) -> str:
     lines = [
         "| model | T | quality: oracle NLL of samples (lower better) | diversity: NLL of held-out text (lower better) | self-BLEU-4 (lower = more diverse) |",
@@ -145,9 +152,8 @@ def format_markdown(result: dict[str, Any]) -> str:
     ]
     lines += [_row("MLE", r) for r in result["mle"]]
     for wd, g in result["gans"].items():
-        name = f"GAN ({g['estimator']}, step {g['step']}, `{pathlib.Path(wd).name}`)"
-        lines += [_row(name, r) for r in g["sweep"]]
-        lines += [_row(f"GAN ({g['estimator']}) checkpoint {c['step']}", c) for c in g["checkpoints"]]
+        lines += [_row(f"{_name(wd, g)}, step {g['step']}", r) for r in g["sweep"]]
+        lines += [_row(f"{_name(wd, g)}, checkpoint {c['step']}", c) for c in g["checkpoints"]]
     real = result["real"]
     lines.append(f"| real held-out text | - | {real['quality_oracle_nll']:.4f} | - | {real['self_bleu']:.4f} |")
     return "\n".join(lines)
@@ -165,10 +171,11 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
     ax.plot(xs(result["mle"]), ys(result["mle"]), "o-", label="MLE, temperature sweep")
     for r in result["mle"]:
         ax.annotate(f"{r['temperature']:g}", (r["diversity_nll"], r["quality_oracle_nll"]), fontsize=7)
-    for g in result["gans"].values():
-        ax.plot(xs(g["sweep"]), ys(g["sweep"]), "s--", label=f"GAN {g['estimator']} (step {g['step']}), T sweep")
+    for wd, g in result["gans"].items():
+        name = _name(wd, g).replace("`", "")
+        ax.plot(xs(g["sweep"]), ys(g["sweep"]), "s--", label=f"{name} (step {g['step']}), T sweep")
         if g["checkpoints"]:
-            ax.plot(xs(g["checkpoints"]), ys(g["checkpoints"]), "x:", label=f"GAN {g['estimator']} checkpoints, T=1")
+            ax.plot(xs(g["checkpoints"]), ys(g["checkpoints"]), "x:", label=f"{name} checkpoints, T=1")
     ax.axhline(result["real"]["quality_oracle_nll"], color="grey", lw=0.8, label="real held-out text (oracle NLL)")
     ax.set_xlabel("diversity: NLL of held-out text under the model (nats/char)")
     ax.set_ylabel("quality: oracle NLL of samples (nats/char)")

@@ -93,7 +93,7 @@ def materialized(x):
     """x, computed before the op that reads it: XLA's CPU backend would otherwise fuse x's producers (the
     layer norm, the embedding gather) into the fused int8 dot loop and recompute them for every output
     feature. A sum with zeros is exact and a reduce is never fused into its consumer (jax 0.10.2)."""
-    return jnp.sum(jnp.stack([x, jnp.zeros_like(x)], -1), -1)
+    return jnp.sum(jnp.stack([x, jnp.zeros_like(x)], -1), -1, dtype=x.dtype)
 
 
 @flax.struct.dataclass
@@ -104,8 +104,8 @@ class QuantizedTensor:
     feature's inputs are contiguous ([O, I] for a kernel [I, O]; the tables wte/wpe are [O, I] already).
     On XLA's CPU backend that layout lets a batch-1 matmul read the int8 weight inside the dot
     (`x @ q_OxI.T.astype(f32)` is one fused loop over the int8 bytes, 4x fewer bytes than float32),
-    where the input-major layout or an einsum form materializes a float copy first. Measured: 3-4x float32
-    per matmul alone, but only ~1.0x for a whole batch-1 decode (experiments/results/compression.md). `scale` is float32
+    where the input-major layout or an einsum form materializes a float copy first. Measured at the GPT-2
+    shape, batch-1 decode: 1.93x float32 tokens/s (experiments/results/compression.md). `scale` is float32
     [O]. gpt_jax.layers.matmul and take_rows hand a QuantizedTensor its `einsum` / `take_rows`.
     `act_bits=8`: W8A8, the activations quantized per row (token) to int8 too (int8 x int8 -> int32).
     """
@@ -115,6 +115,8 @@ class QuantizedTensor:
     n_in: int = flax.struct.field(pytree_node=False, default=1)  # leading input axes of the float param
     transposed: bool = flax.struct.field(pytree_node=False, default=False)  # the float param is [O, I]
     act_bits: int = flax.struct.field(pytree_node=False, default=0)
+    # the stored q splits each output's inputs over two axes (the q/k/v kernels [D, H, K] viewed as [H*K, D])
+    split_rows: bool = flax.struct.field(pytree_node=False, default=False)
 
     @property
     def shape(self):
@@ -158,7 +160,8 @@ class QuantizedTensor:
         k = next((k for k in range(len(shape) + 1) if math.prod(shape[:k]) == n_in), None)
         if self.transposed or k is None or math.prod(shape) != self.q.size:
             raise ValueError(f"QuantizedTensor of shape {self.q.shape} cannot be viewed as {shape}")
-        return self.replace(q=self.q.reshape(shape), n_in=k)
+        split = self.split_rows or (self.q.ndim > 2 and self.q.shape[-1] != n_in)
+        return self.replace(q=self.q.reshape(shape), n_in=k, split_rows=split)
 
     def einsum(self, eqn: str, x):
         """jnp.einsum(eqn, x, float weight) in float32, reading the int8 weight (see the class doc)."""
@@ -190,6 +193,12 @@ class QuantizedTensor:
             return acc.astype(jnp.float32) * sx_Mx1 * self.scale.astype(jnp.float32)
         if x_MxI.shape[0] > FUSED_MAX_ROWS:
             return x_MxI @ (q_OxI.astype(jnp.float32) * self.scale.astype(jnp.float32)[:, None]).T
+        if self.split_rows or (self.q.ndim > 2 and self.q.shape[-1] != q_OxI.shape[1]):
+            # q/k/v kernels s8[D, H, K]: XLA reads the [H*K, D] view inside the fused dot through i -> (i // K,
+            # i % K), which LLVM does not see as contiguous: 8 single-byte loads per vector, ~9x slower than a
+            # 2-D weight (a 2-D -> 2-D view is fine; experiments/results/compression.md). A real 2-D copy,
+            # loop-invariant, so XLA makes it once per program, outside the decode loop.
+            q_OxI = materialized(q_OxI)
         # Tie the weight to this call's activations: otherwise XLA hoists the (loop-invariant) int8 -> float
         # convert out of the decode loop and every step reads a float copy (measured: 0.85-0.97x float32).
         q_OxI, x_MxI = jax.lax.optimization_barrier((q_OxI, materialized(x_MxI)))
