@@ -1,13 +1,16 @@
 """What gpt_jax.evaluate prints: a run's newest good checkpoint scored on its task's validation batches
-(`evaluate_workdir`), or on an eval task of gpt_jax.eval_tasks (`evaluate_task`: HellaSwag, WikiText-2)."""
+(`evaluate_workdir`; a classify run's test accuracy too), or on an eval task of gpt_jax.eval_tasks (`evaluate_task`: HellaSwag, WikiText-2)."""
 
 from __future__ import annotations
 
 import time
 
+import jax
 import ml_collections
+import numpy as np
 
 from gpt_jax.checkpoint import Checkpointer, checkpoint_dir, restore_target
+from gpt_jax.compression import classify_run
 from gpt_jax.compression.quantize import dequantize_tree
 from gpt_jax.compression.score import evaluate_unsharded, has_w8a8
 from gpt_jax.compression.stored import is_compressed
@@ -24,20 +27,30 @@ def evaluate_workdir(workdir: str, eval_batches: int | None = None) -> dict:
         config.train.eval_batches = eval_batches
     tr = Trainer(config, workdir, write=False)
     if is_compressed(workdir):  # params only (int8/int4 ones scored with their weights dequantized)
-        _, _, params, _, step = load_run_at(workdir)
+        if tr.task.name == "classify":  # {"backbone", "head"}: load_run hands out the backbone alone
+            params, step = classify_run.load_params(workdir)
+        else:
+            _, _, params, _, step = load_run_at(workdir)
         if has_w8a8(params):  # int8 activations too: scored unsharded (gpt_jax.compression.score)
-            return _result(config, tr, step, evaluate_unsharded(tr, params))
-        return _result(config, tr, step, tr.evaluate(dequantize_tree(params)))
+            return _result(config, tr, step, evaluate_unsharded(tr, params), params)
+        params = dequantize_tree(params)
+        return _result(config, tr, step, tr.evaluate(params), params)
     with Checkpointer(checkpoint_dir(workdir), save_every=0, read_only=True) as ckpt:
         # The newest checkpoint that verifies and reads; a corrupt one is named and skipped.
         state, meta, _ = ckpt.restore_latest_good(restore_target(tr.abstract, tr.shardings))
-    return _result(config, tr, meta["step"], tr.evaluate(state.params, state.frozen))
+    return _result(config, tr, meta["step"], tr.evaluate(state.params, state.frozen), state.params, state.frozen)
 
 
-def _result(config, tr, step, metrics) -> dict:
+def _result(config, tr, step, metrics, params=None, frozen=None) -> dict:
     out = {"step": step, **metrics}
     if tr.task.name == "lm":
         out["eval_tokens"] = config.train.eval_batches * config.train.batch_size * tr.model_cfg.block_size
+    labels = tr.task.data["test"]["labels"] if tr.task.name == "classify" and "test" in tr.task.data else None
+    if labels is not None and labels.min() >= 0:  # a labelled test split: accuracy as the run's report.json
+        # host copies: a compressed run's params sit on one device, not on the trainer's mesh
+        params, frozen = jax.device_get((params, {} if frozen is None else frozen))
+        preds = tr.task.predict(tr, params, frozen, "test")
+        out["test_accuracy"] = float(np.mean(preds == labels))
     return out
 
 

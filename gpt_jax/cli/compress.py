@@ -6,6 +6,9 @@
                                    [--finetune_steps=N] [--finetune_lr=3e-4] [--gradual_steps=M --mask_every=k]
 
 The output loads in sample, chat, evaluate and generation like any run. Prints one JSON line.
+Classify runs (peft.method=full) too: their GPT backbone is compressed, the class head stays float32
+(gpt_jax.compression.classify_run); GPTQ calibrates on their training sentences, the pruned fine-tune
+trains on the classification loss; `python -m gpt_jax.evaluate --workdir=OUT` gives their accuracy.
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from gpt_jax.cli import flags
+from gpt_jax.compression import classify_run, stored
 from gpt_jax.compression import prune as prune_lib
 from gpt_jax.compression import quantize as quant_lib
-from gpt_jax.compression import stored
 from gpt_jax.compression.calibrate import collect_hessians
 from gpt_jax.compression.finetune import finetune
 from gpt_jax.compression.gradual import GradualSchedule
 from gpt_jax.compression.prune_task import finetune_config
-from gpt_jax.workdir import load_run_at
+from gpt_jax.workdir import load_run_at, read_run
 
 USAGE = "usage: python -m gpt_jax.compress quantize|prune --workdir=W --out=DIR [options] (--help per command)"
 COMMON = [
@@ -55,22 +58,33 @@ PRUNE = COMMON + [
 
 
 def _source(workdir):
-    config, model_cfg, params, _, step = load_run_at(workdir)
-    if (config.get("task") or {}).get("name", "lm") not in ("lm", "qat"):
-        raise ValueError(f"--workdir={workdir} is a {config.task.name} run; compression takes language-model runs")
+    """(config, model config, params, step, task name): an LM run's GPT params, or a classify run's
+    {"backbone", "head"} (classify_run.gpt_part picks the tree to compress)."""
+    config, model_cfg = read_run(workdir)
+    task = classify_run.task_name(config)
+    if task not in ("lm", "qat", "classify"):
+        raise ValueError(f"--workdir={workdir} is a {task} run; compression takes language-model and classify runs")
     if stored.quant_record(workdir) is not None:
         raise ValueError(f"--workdir={workdir} is already quantized; compress the float run")
-    return config, model_cfg, params, step
+    if task == "classify":
+        classify_run.check(config, workdir)
+        params, step = classify_run.load_params(workdir)
+        return config, model_cfg, params, step, task
+    config, model_cfg, params, _, step = load_run_at(workdir)
+    return config, model_cfg, params, step, task
 
 
-def calibration_windows(config, workdir, n: int) -> np.ndarray:
-    """`n` training windows [n, block_size] of the run's own task (its training data, its batch order)."""
+def calibration_rows(config, workdir, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(`n` training rows [n, L] of the run's own task, in its batch order; their real lengths [n], or
+    None where every position is text: a classifier's rows are sentences padded to task.max_len)."""
     from gpt_jax.tasks.registry import make_task  # lazy: builds the dataset, only GPTQ needs it
 
     task = make_task(config, workdir)  # make_task keeps a gs:// workdir intact
     per_step = config.train.batch_size
-    got = task.train_batches(0, -(-n // per_step), 0, 1)["inputs"]
-    return got.reshape(-1, got.shape[-1])[:n]
+    got = task.train_batches(0, -(-n // per_step), 0, 1)
+    rows = got["inputs"].reshape(-1, got["inputs"].shape[-1])[:n]
+    lengths = got.get("lengths")
+    return rows, None if lengths is None else lengths.reshape(-1)[:n]
 
 
 def quantize(argv: Sequence[str]) -> int:
@@ -82,14 +96,18 @@ def quantize(argv: Sequence[str]) -> int:
         )
     src, dst = stored.check_paths(v["workdir"], v["out"])
     t0 = time.perf_counter()
-    config, model_cfg, params, step = _source(src)
-    quant_lib.check(params, spec)  # grouping errors before the calibration pass
+    config, model_cfg, params, step, task = _source(src)
+    gpt = classify_run.gpt_part(params, task)
+    quant_lib.check(gpt, spec)  # grouping errors before the calibration pass
     hessians = None
     if spec.method == "gptq":
-        windows = calibration_windows(config, src, v["calibration_windows"])
-        hessians = collect_hessians(model_cfg, params, windows)
-    stored_params, records = quant_lib.quantize_params(params, spec, hessians)
+        windows, lengths = calibration_rows(config, src, v["calibration_windows"])
+        hessians = collect_hessians(model_cfg, gpt, windows, lengths_N=lengths)
+    stored_gpt, records = quant_lib.quantize_params(gpt, spec, hessians)
+    stored_params = classify_run.with_gpt_part(params, stored_gpt, task)
     record = {"bits": spec.bits, "group_size": spec.group_size, "method": spec.method, "source": str(src)}
+    if task == "classify":
+        record["task"] = "classify (the backbone quantized; the class head float32)"
     if v["act_bits"]:
         record["act_bits"] = v["act_bits"]
     if spec.method == "gptq":
@@ -115,11 +133,14 @@ def prune(argv: Sequence[str]) -> int:
             raise ValueError("--gradual_steps prunes unstructured per matrix: drop --pattern / --scope=global")
     src, dst = stored.check_paths(v["workdir"], v["out"])
     t0 = time.perf_counter()
-    config, _, params, step = _source(src)
+    config, _, params, step, task = _source(src)
     if not v["gradual_steps"]:
-        masks = prune_lib.magnitude_masks(params, sparsity, scope=v["scope"], pattern=v["pattern"] or None)
-        params = prune_lib.apply_masks(params, masks)
+        gpt = classify_run.gpt_part(params, task)
+        masks = prune_lib.magnitude_masks(gpt, sparsity, scope=v["scope"], pattern=v["pattern"] or None)
+        params = classify_run.with_gpt_part(params, prune_lib.apply_masks(gpt, masks), task)
     record = {"sparsity": sparsity, "pattern": v["pattern"], "scope": v["scope"], "source": str(src)}
+    if task == "classify":
+        record["task"] = "classify (the backbone pruned; the class head dense)"
     if v["gradual_steps"]:
         record["gradual"] = {"steps": v["gradual_steps"], "mask_every": v["mask_every"], "schedule": "cubic"}
     if v["finetune_steps"]:
@@ -140,7 +161,9 @@ def prune(argv: Sequence[str]) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
         step += v["finetune_steps"]
         record["finetune"] = {"steps": v["finetune_steps"], "lr": v["finetune_lr"], "val_loss": summary.get("val_loss")}
-    record["report"] = prune_lib.report(params)
+        if "val_accuracy" in summary:
+            record["finetune"]["val_accuracy"] = summary["val_accuracy"]
+    record["report"] = prune_lib.report(classify_run.gpt_part(params, task))
     stored.write_workdir(src, dst, params, step, {stored.PRUNE_FILE: record})
     rep = record["report"]
     print(

@@ -4,7 +4,9 @@
   python -m gpt_jax.evaluate --workdir=W --task=hellaswag|wikitext2 [--limit=N] [--window=W]
       [--data_dir=D] [--skip_unencodable]
 
-Reads the run's saved config.json, so it needs nothing else; prints one JSON line. Tasks (gpt_jax/eval_tasks):
+Reads the run's saved config.json, so it needs nothing else; prints one JSON line. A classify run
+(compressed or not) gives val_loss and val_accuracy on its validation (SST-2: dev) split, and
+test_accuracy where its test split is labelled. Tasks (gpt_jax/eval_tasks):
 hellaswag (acc, acc_norm) and wikitext2 (word/byte perplexity, bits per byte), as lm-eval defines them,
 on the staged files under --data_dir, else $GPT_JAX_DATA_DIR, else ../shared/data.
 """

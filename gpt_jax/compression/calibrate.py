@@ -1,5 +1,6 @@
 """Calibration statistics for GPTQ: H = X^T X of the input X of every weight matrix, over token windows
-of the run's own training data (its task's train batches: the data the model was fitted to)."""
+of the run's own training data (its task's train batches: the data the model was fitted to). Padded
+rows (a classifier's sentences) count their real tokens only: `lengths_N` masks the pad positions."""
 
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ def _contracted_rows(eqn: str, x) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _recording(params, hessians: dict[str, np.ndarray]):
+def _recording(params, hessians: dict[str, np.ndarray], real: dict):
     """gpt_jax's one matmul (layers.matmul, as bound in every module that calls it) recording the
-    input of each weight matrix, found by identity: run the model eagerly, not under jit."""
+    input of each weight matrix, found by identity: run the model eagerly, not under jit.
+    real["rows"]: bool [B * L] of the current batch's real positions (None: all of them)."""
     leaves = flat(params)
     by_id = {id(leaves[m.path]): m for m in matrices(params)}
     original = layers.matmul
@@ -40,6 +42,9 @@ def _recording(params, hessians: dict[str, np.ndarray]):
         m = by_id.get(id(w))
         if m is not None:
             rows = _contracted_rows(eqn, x)
+            keep = real.get("rows")
+            if keep is not None and len(rows) == len(keep):  # rows are (batch, position)-ordered
+                rows = rows[keep]
             hessians[m.key] = hessians.get(m.key, 0.0) + rows.T @ rows
         return original(eqn, x, w, cfg)
 
@@ -49,14 +54,22 @@ def _recording(params, hessians: dict[str, np.ndarray]):
         yield
 
 
-def collect_hessians(cfg, params, windows_NxL: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
-    """{matrix key: X^T X [I, I] float64} of the float model over `windows_NxL` (token ids)."""
+def collect_hessians(
+    cfg, params, windows_NxL: np.ndarray, batch: int = 16, lengths_N: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """{matrix key: X^T X [I, I] float64} of the float model over `windows_NxL` (token ids); with
+    `lengths_N`, only each row's first lengths_N[i] positions (left-aligned text, then padding)."""
     hessians: dict[str, np.ndarray] = {}
+    real: dict = {"rows": None}
     gpt = model.GPT(cfg)
     params = jax.tree.map(np.asarray, params)
-    with _recording(params, hessians), jax.disable_jit():
+    with _recording(params, hessians, real), jax.disable_jit():
         for i in range(0, len(windows_NxL), batch):
-            gpt.apply({"params": params}, np.asarray(windows_NxL[i : i + batch]))
+            ids_BxL = np.asarray(windows_NxL[i : i + batch])
+            if lengths_N is not None:
+                real_BxL = np.arange(ids_BxL.shape[1])[None] < np.asarray(lengths_N[i : i + batch])[:, None]
+                real["rows"] = real_BxL.reshape(-1)
+            gpt.apply({"params": params}, ids_BxL)
     missing = [m.key for m in matrices(params) if m.key not in hessians and not m.transposed]  # tables: gathers
     if missing:
         raise RuntimeError(f"calibration never saw the input of {missing}; the model's matmuls changed")

@@ -1,9 +1,10 @@
 """A compressed workdir: written whole into a temporary directory and renamed into place, loaded by
 gpt_jax.workdir like any run (`restore_params` is its one hook there).
 
-Layout: the source's config.json, model_config.json and tokenizer.json; checkpoints/<step>/ holding
-{"params", "step"} only (no optimizer state: a compressed run is for inference; fine-tunes start from
-it with init_from); quantization.json (quantized runs) or pruning.json (pruned runs, the sparsity report).
+Layout: the source's config.json, model_config.json, tokenizer.json (a classify run's label_map.json
+too); checkpoints/<step>/ holding {"params", "step"} only (no optimizer state: a compressed run is for
+inference; fine-tunes start from it with init_from); quantization.json (quantized runs) or pruning.json
+(pruned runs, the sparsity report).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from gpt_jax.compression import quantize
 from gpt_jax.paths import as_path, is_local
 
 QUANT_FILE = "quantization.json"
-COPIED = ("config.json", "model_config.json", "tokenizer.json")
+COPIED = ("config.json", "model_config.json", "tokenizer.json", "label_map.json")  # label_map: classify runs
 
 
 def check_paths(workdir, out) -> tuple[pathlib.Path, pathlib.Path]:

@@ -29,6 +29,21 @@ from gpt_jax.tasks.lm import LMTask
 from gpt_jax.workdir import load_run, read_run
 
 
+def distill_section(config, teacher_hint: str):
+    """config.distill, checked: a teacher set, temperature > 0, non-negative weights."""
+    d = config.get("distill")
+    if not d or not d.get("teacher"):
+        raise ValueError(f"config.distill.teacher is not set; pass --config.distill.teacher={teacher_hint}")
+    if d.temperature <= 0 or d.kl_weight < 0 or d.hard_weight < 0:
+        raise ValueError("distill.temperature must be > 0 and distill.kl_weight, distill.hard_weight >= 0")
+    return d
+
+
+def loss_weights(d) -> tuple[float, float, float]:
+    """(temperature, kl_weight, hard_weight) of a checked config.distill."""
+    return float(d.temperature), float(d.kl_weight), float(d.hard_weight)
+
+
 def distill_kl(student_BxLxV, teacher_BxLxV, temperature: float, weights_BxL=None):
     """(sum over tokens of T^2 * KL(p_teacher^T || p_student^T), token count), float32."""
     t = jnp.float32(temperature)
@@ -50,19 +65,11 @@ class DistillTask(OnLMBatches):
         self.tokenizer, self.model_cfg, self.family = lm.tokenizer, lm.model_cfg, lm.family
         self.seq_len, self.lm_head = lm.seq_len, lm.lm_head
         self.teacher_cfg, self.teacher_family, self.teacher_path = teacher_cfg, teacher_family, teacher_path
-        self.temperature, self.kl_weight, self.hard_weight = (
-            float(d.temperature),
-            float(d.kl_weight),
-            float(d.hard_weight),
-        )
+        self.temperature, self.kl_weight, self.hard_weight = loss_weights(d)
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> DistillTask:
-        d = config.get("distill")
-        if not d or not d.get("teacher"):
-            raise ValueError("config.distill.teacher is not set; pass --config.distill.teacher=<teacher workdir>")
-        if d.temperature <= 0 or d.kl_weight < 0 or d.hard_weight < 0:
-            raise ValueError("distill.temperature must be > 0 and distill.kl_weight, distill.hard_weight >= 0")
+        d = distill_section(config, "<teacher workdir>")
         if config.get("objective", "causal") != "causal":
             raise ValueError(f"distillation trains the causal objective; drop --config.objective={config.objective}")
         teacher_config, teacher_cfg = read_run(d.teacher)

@@ -12,6 +12,7 @@ from gpt_jax.paths import as_path
 from gpt_jax.tasks.base import Task
 from gpt_jax.tasks.classify import ClassifyTask
 from gpt_jax.tasks.distill import DistillTask
+from gpt_jax.tasks.distill_classify import DistillClassifyTask
 from gpt_jax.tasks.gan import GANTask
 from gpt_jax.tasks.image_classify import ImageClassifyTask
 from gpt_jax.tasks.lm import LMTask
@@ -28,6 +29,7 @@ TASKS: dict[str, type] = {
     "vqa": VQATask,
     "image_classify": ImageClassifyTask,
     "distill": DistillTask,
+    "distill_classify": DistillClassifyTask,
     "prune": PruneTask,
     "qat": QATTask,
 }
