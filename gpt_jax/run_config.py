@@ -30,6 +30,11 @@ def add_config_root(path: str) -> None:
         sys.path.insert(0, root)
 
 
+def task_name(config) -> str:
+    """The run's task (config.task.name); a config without a task section is a language-model run."""
+    return (config.get("task") or {}).get("name", "lm")
+
+
 def load_config(path: str) -> ml_collections.ConfigDict:
     file = pathlib.Path(path)
     if not file.is_file():

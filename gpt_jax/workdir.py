@@ -24,6 +24,7 @@ from gpt_jax.models import registry as models
 from gpt_jax.models import vlm
 from gpt_jax.paths import as_path
 from gpt_jax.peft.legacy import migrate_config
+from gpt_jax.run_config import task_name
 from gpt_jax.train import opt_state_shardings, param_shardings
 
 
@@ -82,7 +83,7 @@ def load_run_at(workdir, *, step: int | None = None, mesh=None) -> tuple[ml_coll
     """load_run, and the step of the checkpoint it restored (the newest good one unless `step`)."""
     workdir = as_path(workdir)
     config, model_cfg = read_run(workdir)
-    finetuned = (config.get("task") or {}).get("name", "lm") != "lm"
+    finetuned = task_name(config) != "lm"
     if finetuned:  # the model runs with the PEFT method's modules (adapters, prefix), which are its own
         method = peft.make_method(config.peft, config.train.num_steps)
         model_cfg = method.model_config(model_cfg)

@@ -30,6 +30,7 @@ from gpt_jax.compression.calibrate import collect_hessians
 from gpt_jax.compression.finetune import finetune
 from gpt_jax.compression.gradual import GradualSchedule
 from gpt_jax.compression.prune_task import finetune_config
+from gpt_jax.run_config import task_name
 from gpt_jax.workdir import load_run_at, read_run
 
 USAGE = "usage: python -m gpt_jax.compress quantize|prune --workdir=W --out=DIR [options] (--help per command)"
@@ -61,7 +62,7 @@ def _source(workdir):
     """(config, model config, params, step, task name): an LM run's GPT params, or a classify run's
     {"backbone", "head"} (classify_run.gpt_part picks the tree to compress)."""
     config, model_cfg = read_run(workdir)
-    task = classify_run.task_name(config)
+    task = task_name(config)
     if task not in ("lm", "qat", "classify"):
         raise ValueError(f"--workdir={workdir} is a {task} run; compression takes language-model and classify runs")
     if stored.quant_record(workdir) is not None:

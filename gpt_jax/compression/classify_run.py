@@ -16,10 +16,6 @@ from gpt_jax.workdir import load_state, read_run
 BACKBONE = "backbone"
 
 
-def task_name(config) -> str:
-    return (config.get("task") or {}).get("name", "lm")
-
-
 def check(config, workdir) -> None:
     method = (config.get("peft") or {}).get("method") or "full"
     if method != "full":

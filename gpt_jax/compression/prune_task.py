@@ -20,6 +20,7 @@ from gpt_jax.compression import classify_run
 from gpt_jax.compression.gradual import GradualSchedule, gradual_masked
 from gpt_jax.compression.prune import apply_masks, check_sparsity, magnitude_masks, masked
 from gpt_jax.compression.stored import quant_record
+from gpt_jax.run_config import task_name
 from gpt_jax.tasks.base import OnLMBatches
 from gpt_jax.tasks.classify import ClassifyTask
 from gpt_jax.tasks.lm import LMTask
@@ -88,7 +89,7 @@ def finetune_config(
     """The source run's config turned into a short masked fine-tune of its pruned weights (gradual_steps > 0:
     of its dense weights, pruned on the gradual schedule during the first gradual_steps updates)."""
     config = ml_collections.ConfigDict(read_run_file(source, "config.json"))
-    inner = "classify" if classify_run.task_name(config) == "classify" else "lm"
+    inner = "classify" if task_name(config) == "classify" else "lm"
     config.task.name = "prune"
     config.prune = ml_collections.ConfigDict(
         {

@@ -30,6 +30,7 @@ from gpt_jax.data.tokenizers import load_tokenizer
 from gpt_jax.model import GPT, init_params
 from gpt_jax.models import registry as models
 from gpt_jax.paths import as_path
+from gpt_jax.run_config import task_name
 from gpt_jax.tasks.classify import ClassifyTask, pool
 from gpt_jax.tasks.distill import distill_kl, distill_section, loss_weights
 from gpt_jax.workdir import load_run, load_state, read_run
@@ -65,7 +66,7 @@ class DistillClassifyTask:
         if config.peft.method != "full":
             raise ValueError(f"the distilled student trains whole; drop --config.peft.method={config.peft.method}")
         teacher_config, base_cfg = read_run(d.teacher)
-        teacher_task = (teacher_config.get("task") or {}).get("name", "lm")
+        teacher_task = task_name(teacher_config)
         if teacher_task != "classify":
             raise ValueError(
                 f"distill.teacher={d.teacher} is a {teacher_task!r} run; classification distils a classify "

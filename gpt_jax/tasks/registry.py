@@ -9,6 +9,7 @@ import ml_collections
 from gpt_jax.compression.prune_task import PruneTask
 from gpt_jax.compression.qat import QATTask
 from gpt_jax.paths import as_path
+from gpt_jax.run_config import task_name
 from gpt_jax.tasks.base import Task
 from gpt_jax.tasks.classify import ClassifyTask
 from gpt_jax.tasks.distill import DistillTask
@@ -36,7 +37,7 @@ TASKS: dict[str, type] = {
 
 
 def make_task(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Task:
-    name = (config.get("task") or {}).get("name", "lm")
+    name = task_name(config)
     if name not in TASKS:
         raise ValueError(f"config.task.name={name!r} is not one of {sorted(TASKS)}")
     return TASKS[name].from_config(config, as_path(workdir))
