@@ -1,11 +1,13 @@
 """Decode throughput of int8 weight-only params (gpt_jax.compression) vs float32, side by side.
 
   python -m benchmarks.quant_decode [--cases=gpt2,shakespeare] [--batches=1,16] [--repeats=3] [--workdir=W]
-      [--variants=float32,int8,w8a8]   (peak_rss_mb compares variants only when each runs in its own process)
+      [--variants=float32,int8,w8a8|stored]   (peak_rss_mb compares variants only when each runs in its own process)
 
 Same program (gpt_jax.generation's compiled prefill + KV-cache decode, greedy), same random weights
 (or a trained run's with --workdir: its float params and their int8 quantization), the two variants
-timed alternately so host noise hits both. int8: per-channel QuantizedTensor weights (every kernel and
+timed alternately so host noise hits both. `--variants=stored --workdir=W` decodes W's params exactly as
+`load_run` gives them (a compressed workdir's in-memory form: int8 kernels stay int8, int4 is dequantized,
+pruned runs are dense), alone in its process, so peak_rss_mb is that workdir's. int8: per-channel QuantizedTensor weights (every kernel and
 the tied embedding) read as int8 inside each matmul of the decode loop (gpt_jax.compression.qtensor);
 w8a8: the same with the activations quantized per token to int8 (int8 x int8 dots). One JSON line per
 (model, batch, variant): decode tokens/s, ms/token, weight bytes the decode reads per token, and the
@@ -36,17 +38,24 @@ def weight_bytes(params) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
 
 
-VARIANTS = ("float32", "int8", "w8a8")
+VARIANTS = ("float32", "int8", "w8a8", "stored")
 
 
 def variants(cfg, params, names=VARIANTS):
     from gpt_jax.compression.quantize import QuantSpec, quantize_params, restore  # lazy: heavy, only here
 
-    stored, records = quantize_params(params, QuantSpec(8))
+    quantized = []  # quantized once, only when an int8 variant is asked for
+
+    def q():
+        if not quantized:
+            quantized.extend(quantize_params(params, QuantSpec(8)))
+        return quantized
+
     make = {
-        "float32": lambda: params,
-        "int8": lambda: jax.device_put(restore(stored, records, 8)),
-        "w8a8": lambda: jax.device_put(restore(stored, records, 8, act_bits=8)),
+        "float32": lambda: jax.device_put(params),
+        "stored": lambda: jax.device_put(params),  # the workdir's own params, as loaded
+        "int8": lambda: jax.device_put(restore(*q(), 8)),
+        "w8a8": lambda: jax.device_put(restore(*q(), 8, act_bits=8)),
     }
     return {name: make[name]() for name in names}
 
@@ -122,6 +131,11 @@ def main(argv: list[str]) -> int:
     names = tuple(flags.get("variants", ",".join(VARIANTS)).split(","))
     if unknown := set(names) - set(VARIANTS):
         print(f"--variants: unknown {sorted(unknown)}; choose from {list(VARIANTS)}", file=sys.stderr)
+        return 2
+    if "stored" in names and ("workdir" not in flags or len(names) > 1):
+        print(
+            "--variants=stored decodes a workdir's own params: give --workdir=W and no other variant", file=sys.stderr
+        )
         return 2
     for case in cases:
         for batch in batches:

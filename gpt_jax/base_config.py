@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.attention = "auto"  # auto | dot_product | einsum
     m.remat = "none"  # none | full | dots
     m.scan_layers = False
+    m.norm_grad = "custom"  # custom (hand-written norm VJP, cheaper on XLA:CPU) | autodiff (for jax.jvp)
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "tiny_shakespeare"  # a local corpus, or tfds:<name> (needs gpt_jax[tf] and internet)

@@ -12,6 +12,7 @@ from gpt_jax.attention_kernels import KERNELS
 
 POSITIONS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
+NORM_GRADS = ("autodiff", "custom")
 MLPS = ("gelu", "swiglu")
 ATTENTIONS = ("auto", "dot_product", "einsum", *KERNELS)  # KERNELS: gpt_jax.attention_kernels
 REMATS = ("none", "full", "dots")
@@ -43,6 +44,10 @@ class ModelConfig:
     attention: str = "auto"  # auto: einsum on CPU (measured faster there), cudnn on GPU in bf16, else dot_product
     remat: str = "none"
     scan_layers: bool = False
+    # Norm backward: "custom" = gpt_jax.layers.residual_norm's hand-written VJP (same gradients up to float
+    # rounding; stops XLA:CPU recomputing the residual stream's gradient in every consumer); "autodiff" for
+    # forward-mode AD (jax.jvp) through the model.
+    norm_grad: str = "custom"
 
     def __post_init__(self):
         def check(name, value, allowed):
@@ -56,6 +61,7 @@ class ModelConfig:
         check("mlp", self.mlp, MLPS)
         check("attention", self.attention, ATTENTIONS)
         check("remat", self.remat, REMATS)
+        check("norm_grad", self.norm_grad, NORM_GRADS)
         check("dtype", self.dtype, tuple(DTYPES))
         check("param_dtype", self.param_dtype, tuple(DTYPES))
         if self.n_embd % self.n_head:

@@ -6,6 +6,7 @@ Every parameter carries logical axis names ("embed", "mlp", "heads", ...) that
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -67,31 +68,94 @@ class Dense(nn.Module):
         return y
 
 
+def _norm_stats(x, eps: float, rms: bool):
+    """(x_hat, rstd, var + eps) of LayerNorm (rms=False) or RMSNorm over the last axis, as the plain Norm
+    computes them (for RMSNorm, "var" is the mean square)."""
+    if rms:
+        var_eps = jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps
+        rstd = jax.lax.rsqrt(var_eps)
+        return x * rstd, rstd, var_eps
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var_eps = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True) + eps
+    rstd = jax.lax.rsqrt(var_eps)
+    return (x - mean) * rstd, rstd, var_eps
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def residual_norm(x, scale, bias, eps: float, rms: bool):
+    """(x, norm(x) * scale + bias): a norm that also passes its input on (the residual stream), float32.
+
+    Forward: the same ops as the plain Norm. Backward (hand-written): the cotangent of x is
+    (g_pass * std + rstd-free LayerNorm gradient) / std, i.e. g_pass + the usual LayerNorm dx, ending in a
+    division. XLA:CPU's fusion duplicates cheap elementwise producers into every consumer but never an
+    expensive one (a float divide) that has several users, so the residual stream's cotangent is
+    materialised once per norm instead of being recomputed, through every later layer's norm backward,
+    inside each consumer (each weight-gradient dot's operand copy, each bias/scale reduction): a cost that
+    grows with the square of the depth. Equal to autodiff of the plain Norm up to float rounding.
+    `bias` may be None (no bias).
+    """
+    x_hat = _norm_stats(x, eps, rms)[0]
+    y = x_hat * scale
+    return x, (y if bias is None else y + bias)
+
+
+def _residual_norm_fwd(x, scale, bias, eps, rms):
+    x_hat, rstd, var_eps = _norm_stats(x, eps, rms)
+    y = x_hat * scale
+    out = (x, y if bias is None else y + bias)
+    std = var_eps * rstd  # = sqrt(var + eps); a sqrt would not stay a divide (XLA: A / sqrt(B) -> A * rsqrt(B))
+    return out, (x_hat, std, scale, bias)
+
+
+def _residual_norm_bwd(eps, rms, res, cts):
+    x_hat, std, scale, bias = res  # bias: None (an empty pytree) or its array, only to say which
+    g_pass, g_y = cts
+    rows = tuple(range(g_y.ndim - 1))
+    d_scale = jnp.sum(g_y * x_hat, axis=rows)
+    d_bias = None if bias is None else jnp.sum(g_y, axis=rows)
+    g_hat = g_y * scale
+    # dx = rstd * (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat)); RMSNorm has no mean term.
+    num = g_hat - x_hat * jnp.mean(g_hat * x_hat, axis=-1, keepdims=True)
+    if not rms:
+        num = num - jnp.mean(g_hat, axis=-1, keepdims=True)
+    std_full = x_hat * 0.0 + std  # a full-size divisor: XLA rewrites A / broadcast(B) as A * broadcast(1 / B)
+    g_x = (g_pass * std + num) / std_full  # = g_pass + num * rstd, ending in a divide: see residual_norm
+    return g_x, d_scale, d_bias
+
+
+residual_norm.defvjp(_residual_norm_fwd, _residual_norm_bwd)
+
+
 class Norm(nn.Module):
-    """LayerNorm or RMSNorm, computed in float32."""
+    """LayerNorm or RMSNorm, computed in float32.
+
+    `Norm(cfg)(x)` -> norm(x); `Norm(cfg)(x, residual=True)` -> (x as float32, norm(x)), for a pre-norm
+    block whose residual stream goes on from x: with `cfg.norm_grad == "custom"` both come from
+    `residual_norm` (one hand-written backward for the norm and the residual fan-out), else from autodiff.
+    """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, residual: bool = False):
         cfg = self.cfg
         x = x.astype(jnp.float32)
         scale = self.param(
             "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],), cfg.params_dtype
         )
-        if cfg.norm == "rmsnorm":
-            y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + cfg.norm_eps)
-        else:
-            mean = jnp.mean(x, axis=-1, keepdims=True)
-            var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-            y = (x - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
-        y = y * scale.astype(jnp.float32)
+        bias = None
         if cfg.bias and cfg.norm == "layernorm":
             bias = self.param(
                 "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (x.shape[-1],), cfg.params_dtype
-            )
-            y = y + bias.astype(jnp.float32)
-        return y
+            ).astype(jnp.float32)
+        scale = scale.astype(jnp.float32)
+        if cfg.norm_grad == "custom":
+            x, y = residual_norm(x, scale, bias, cfg.norm_eps, cfg.norm == "rmsnorm")
+            return (x, y) if residual else y
+        y = _norm_stats(x, cfg.norm_eps, cfg.norm == "rmsnorm")[0] * scale
+        if bias is not None:
+            y = y + bias
+        return (x, y) if residual else y
 
 
 class MLP(nn.Module):

@@ -83,7 +83,7 @@ class Block(nn.Module):
     def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, deterministic: bool = True, kv=None, index=None):
         cfg, ext = self.cfg, self.ext
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
-        h = Norm(cfg, name="ln_1")(x_BxLxD)
+        x_BxLxD, h = Norm(cfg, name="ln_1")(x_BxLxD, residual=True)
         attn = CausalSelfAttention(cfg, ext.kv_prefix, name="attn")
         if kv is None:
             y_BxLxD = attn(h, positions_BxL, mask_BxLxS, deterministic)
@@ -92,7 +92,7 @@ class Block(nn.Module):
         if ext.sublayer is not None:
             y_BxLxD = ext.sublayer(cfg, "attn")(y_BxLxD)
         x_BxLxD = x_BxLxD + y_BxLxD
-        h = Norm(cfg, name="ln_2")(x_BxLxD)
+        x_BxLxD, h = Norm(cfg, name="ln_2")(x_BxLxD, residual=True)
         y_BxLxD = MLP(cfg, name="mlp")(h, deterministic)
         if ext.sublayer is not None:
             y_BxLxD = ext.sublayer(cfg, "mlp")(y_BxLxD)

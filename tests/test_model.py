@@ -287,6 +287,16 @@ def test_remat_forward_unchanged(name):
     )
 
 
+def lm_loss_and_grad(cfg, params, ids, targets):
+    """(next-token cross entropy, its gradient) of GPT(cfg) on (ids, targets), jitted."""
+
+    def loss(p):
+        logits = GPT(cfg).apply({"params": p}, ids)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1))
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
 @pytest.mark.parametrize("remat,scan", [("full", False), ("dots", True)])
 def test_remat_same_grads(remat, scan):
     plain = TINY.replace(scan_layers=scan)
@@ -294,14 +304,7 @@ def test_remat_same_grads(remat, scan):
     params = make_params(plain)
     ids, targets = random_ids(4), random_ids(5)
 
-    def loss_grad(cfg):
-        def loss(p):
-            logits = GPT(cfg).apply({"params": p}, ids)
-            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1))
-
-        return jax.jit(jax.value_and_grad(loss))(params)
-
-    (l0, g0), (l1, g1) = loss_grad(plain), loss_grad(rem)
+    (l0, g0), (l1, g1) = lm_loss_and_grad(plain, params, ids, targets), lm_loss_and_grad(rem, params, ids, targets)
     np.testing.assert_allclose(l1, l0, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
