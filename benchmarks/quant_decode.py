@@ -16,6 +16,7 @@ int8/float32 speed ratio. Decoding at batch 1 is memory-bound: every token reads
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -44,12 +45,7 @@ VARIANTS = ("float32", "int8", "w8a8", "stored")
 def variants(cfg, params, names=VARIANTS):
     from gpt_jax.compression.quantize import QuantSpec, quantize_params, restore  # lazy: heavy, only here
 
-    quantized = []  # quantized once, only when an int8 variant is asked for
-
-    def q():
-        if not quantized:
-            quantized.extend(quantize_params(params, QuantSpec(8)))
-        return quantized
+    q = functools.cache(lambda: quantize_params(params, QuantSpec(8)))  # once, only for an int8 variant
 
     make = {
         "float32": lambda: jax.device_put(params),

@@ -81,22 +81,23 @@ def _norm_stats(x, eps: float, rms: bool):
     return (x - mean) * rstd, rstd, var_eps
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def residual_norm(x, scale, bias, eps: float, rms: bool):
-    """(x, norm(x) * scale + bias): a norm that also passes its input on (the residual stream), float32.
+def norm_with_residual(x, scale, bias, eps: float, rms: bool):
+    """(x, norm(x) * scale + bias), float32; `bias` may be None. What autodiff differentiates with
+    norm_grad="autodiff"; `residual_norm` is the same function with a hand-written backward."""
+    return _residual_norm_fwd(x, scale, bias, eps, rms)[0]
 
-    Forward: the same ops as the plain Norm. Backward (hand-written): the cotangent of x is
-    (g_pass * std + rstd-free LayerNorm gradient) / std, i.e. g_pass + the usual LayerNorm dx, ending in a
-    division. XLA:CPU's fusion duplicates cheap elementwise producers into every consumer but never an
-    expensive one (a float divide) that has several users, so the residual stream's cotangent is
-    materialised once per norm instead of being recomputed, through every later layer's norm backward,
-    inside each consumer (each weight-gradient dot's operand copy, each bias/scale reduction): a cost that
-    grows with the square of the depth. Equal to autodiff of the plain Norm up to float rounding.
-    `bias` may be None (no bias).
-    """
-    x_hat = _norm_stats(x, eps, rms)[0]
-    y = x_hat * scale
-    return x, (y if bias is None else y + bias)
+
+residual_norm = functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))(norm_with_residual)
+residual_norm.__doc__ = """(x, norm(x) * scale + bias): a norm that also passes its input on (the residual stream).
+
+Forward: `norm_with_residual`, the plain Norm's ops. Backward (hand-written): the cotangent of x is
+(g_pass * std + rstd-free LayerNorm gradient) / std, i.e. g_pass + the usual LayerNorm dx, ending in a
+division. XLA:CPU's fusion duplicates cheap elementwise producers into every consumer but never an
+expensive one (a float divide) that has several users, so the residual stream's cotangent is
+materialised once per norm instead of being recomputed, through every later layer's norm backward,
+inside each consumer (each weight-gradient dot's operand copy, each bias/scale reduction): a cost that
+grows with the square of the depth. Equal to autodiff of the plain Norm up to float rounding.
+"""
 
 
 def _residual_norm_fwd(x, scale, bias, eps, rms):
@@ -149,12 +150,8 @@ class Norm(nn.Module):
                 "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (x.shape[-1],), cfg.params_dtype
             ).astype(jnp.float32)
         scale = scale.astype(jnp.float32)
-        if cfg.norm_grad == "custom":
-            x, y = residual_norm(x, scale, bias, cfg.norm_eps, cfg.norm == "rmsnorm")
-            return (x, y) if residual else y
-        y = _norm_stats(x, cfg.norm_eps, cfg.norm == "rmsnorm")[0] * scale
-        if bias is not None:
-            y = y + bias
+        norm = residual_norm if cfg.norm_grad == "custom" else norm_with_residual
+        x, y = norm(x, scale, bias, cfg.norm_eps, cfg.norm == "rmsnorm")
         return (x, y) if residual else y
 
 
